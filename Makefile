@@ -1,0 +1,57 @@
+# asrflow: `make demo` runs the whole pipeline locally; `make test` runs the tests.
+# Both install first (quick when already installed).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := espeak-ng flite sox libsndfile1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint bench bench-quality corpus images clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU wheel first, so that nothing pulls a multi-GB CUDA build of torch
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/asrflow run --local --output-dir demo-output
+
+lint: install
+	$(BIN)/ruff check components pipelines tests
+	$(BIN)/ruff format --check components pipelines tests
+
+bench: install
+	$(BIN)/python -m tests.bench
+
+bench-quality: install
+	$(BIN)/python -m tests.bench_quality
+
+corpus: install
+	$(BIN)/python -m tests.corpus.generate --out tests/data/corpus --train 300 --dev 60 --test 60 --seed 0
+
+images:
+	@command -v docker >/dev/null || { echo "make images needs a Docker engine (none here)"; exit 1; }
+	docker build -f images/data/Dockerfile -t $${ASRFLOW_DATA_IMAGE:?set ASRFLOW_DATA_IMAGE} .
+	docker build -f images/train/Dockerfile -t $${ASRFLOW_TRAIN_IMAGE:?set ASRFLOW_TRAIN_IMAGE} .
+	docker push $$ASRFLOW_DATA_IMAGE
+	docker push $$ASRFLOW_TRAIN_IMAGE
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,1 @@
+"""asrflow pipelines: the KFP DAG, GKE placement, the local runner and the CLI."""
