@@ -123,3 +123,77 @@ DATASET_LABEL = "asrflow.dev/dataset"
 
 HF_TOKEN_SECRET = "asrflow-hf-token"  # Kubernetes Secret holding the hub token
 HF_TOKEN_KEY = "HF_TOKEN"
+
+
+# --- applying placement to KFP tasks -----------------------------------------------------
+
+DATA_RETRIES = 3
+TRAIN_RETRIES = 10  # budget for spot preemptions: a restarted train step resumes, so each costs little
+BACKOFF = "2m"
+BACKOFF_FACTOR = 2.0
+MAX_BACKOFF = "30m"
+
+
+def label_task(task, step: str, dataset: str = "") -> None:
+    """Labels that let ``kubectl get pods -l`` and ``kubectl asrflow`` find a step's pods."""
+    from kfp import kubernetes
+
+    kubernetes.add_pod_label(task, PART_OF_LABEL, PART_OF)
+    kubernetes.add_pod_label(task, STEP_LABEL, step)
+    if dataset:
+        kubernetes.add_pod_label(task, DATASET_LABEL, dataset)
+
+
+def _tolerate(task, pool: NodePool) -> None:
+    from kfp import kubernetes
+
+    for taint in pool.taints:
+        kubernetes.add_toleration(
+            task, key=taint.key, operator="Equal", value=taint.value, effect=taint.effect
+        )
+
+
+def _select(task, pool: NodePool) -> None:
+    from kfp import kubernetes
+
+    for key, value in pool.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+
+
+def place_data_step(task, step: str, dataset: str = "", cache: bool = True):
+    """A data step: the CPU pool, retries with backoff, cached (its inputs name the revision)."""
+    pool = CPU_POOL
+    _select(task, pool)
+    _tolerate(task, pool)
+    task.set_cpu_request(pool.cpu_request).set_memory_request(pool.memory_request)
+    task.set_retry(
+        DATA_RETRIES,
+        backoff_duration=BACKOFF,
+        backoff_factor=BACKOFF_FACTOR,
+        backoff_max_duration=MAX_BACKOFF,
+    )
+    task.set_caching_options(cache)
+    label_task(task, step, dataset)
+    return task
+
+
+def place_train_step(task, step: str, gpu: str, gpus: int, dataset: str = ""):
+    """A GPU step on a spot pool: GPUs, taints tolerated, /dev/shm, a preemption retry budget.
+
+    Never cached: a rerun must resume from its checkpoints, not reuse an old result.
+    """
+    from kfp import kubernetes
+
+    pool = GPU_POOLS[gpu]
+    _select(task, pool)
+    _tolerate(task, pool)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+    task.set_cpu_request(pool.cpu_request).set_memory_request(pool.memory_request)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+    )
+    task.set_retry(TRAIN_RETRIES, backoff_duration="1m", backoff_factor=1.5, backoff_max_duration="10m")
+    task.set_caching_options(False)
+    task.set_env_variable("ASRFLOW_PRECISION", pool.precision)
+    label_task(task, step, dataset)
+    return task
