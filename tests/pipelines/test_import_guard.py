@@ -1,0 +1,76 @@
+"""Modules the pipeline compiler imports may import only the standard library and kfp at top
+level: compiling the DAG must not need NeMo, torch or Lhotse (DESIGN.md, rules of the code)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ALLOWED_ROOTS = {"kfp", "components", "pipelines", "__future__"}
+HEAVY = (
+    "torch",
+    "nemo",
+    "lhotse",
+    "lightning",
+    "numpy",
+    "pyarrow",
+    "soundfile",
+    "google.cloud",
+    "kubernetes",
+)
+
+
+def compiler_modules() -> list[Path]:
+    """pipelines/*.py but the CLI modules and the kubectl plugin, which the compiler never imports."""
+    pipeline_modules = [
+        p
+        for p in sorted((REPO / "pipelines").glob("*.py"))
+        if p.name not in {"cli.py", "commands.py", "kubectl_plugin.py"}
+    ]
+    component_modules = sorted((REPO / "components").glob("*/component.py"))
+    shared = [REPO / "components" / "images.py"]
+    return pipeline_modules + component_modules + shared
+
+
+def top_level_imports(path: Path) -> list[str]:
+    """Module names imported at module level (not inside functions or classes)."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", compiler_modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_top_level_imports_are_stdlib_or_kfp(path: Path) -> None:
+    bad = [
+        name
+        for name in top_level_imports(path)
+        if name.split(".")[0] not in ALLOWED_ROOTS and name.split(".")[0] not in sys.stdlib_module_names
+    ]
+    assert not bad, f"{path.relative_to(REPO)} imports {bad} at top level; import them inside functions"
+
+
+def test_component_modules_exist() -> None:
+    names = {p.parent.name for p in compiler_modules() if p.name == "component.py"}
+    assert {"download", "shard", "buckets", "train", "evaluate"} <= names
+
+
+def test_compiling_loads_no_heavy_library() -> None:
+    """Importing the pipeline and its components in a fresh interpreter loads none of them."""
+    code = (
+        "import sys, pipelines.asr_training;"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stdout.strip() == "", f"compiling imports {result.stdout.strip()}"
