@@ -30,6 +30,7 @@ class FileInfo:
     uri: str
     size: int
     md5: str | None = None  # hex digest where the store keeps one (GCS); None for local files
+    crc32c: str | None = None  # hex, big-endian, where the store keeps one (GCS; composites have no MD5)
 
 
 def is_gcs(uri: str) -> bool:
@@ -112,7 +113,7 @@ def stat(uri: str) -> FileInfo | None:
         blob = gcs_client().bucket(bucket).get_blob(name)
         if blob is None:
             return None
-        return FileInfo(uri, int(blob.size), _md5_hex(blob.md5_hash))
+        return FileInfo(uri, int(blob.size), _md5_hex(blob.md5_hash), _md5_hex(blob.crc32c))
     path = Path(uri)
     if not path.is_file():
         return None
@@ -124,12 +125,20 @@ def _md5_hex(b64: str | None) -> str | None:
 
 
 def list_files(uri: str, suffix: str = "") -> list[FileInfo]:
-    """Every file below ``uri`` (recursively) whose name ends with ``suffix``, sorted by URI."""
+    """Every file below ``uri`` (recursively) whose name ends with ``suffix``, sorted by URI.
+
+    Temporary files (and anything inside a temporary directory) are never listed.
+    """
     if is_gcs(uri):
         bucket, prefix = split_gcs(uri)
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         found = [
-            FileInfo(f"{GCS_SCHEME}{bucket}/{blob.name}", int(blob.size), _md5_hex(blob.md5_hash))
+            FileInfo(
+                f"{GCS_SCHEME}{bucket}/{blob.name}",
+                int(blob.size),
+                _md5_hex(blob.md5_hash),
+                _md5_hex(blob.crc32c),
+            )
             for blob in gcs_client().list_blobs(bucket, prefix=prefix)
             if blob.name.endswith(suffix) and not blob.name.endswith("/")
         ]
@@ -140,7 +149,9 @@ def list_files(uri: str, suffix: str = "") -> list[FileInfo]:
         found = [
             FileInfo(str(p), p.stat().st_size)
             for p in root.rglob("*")
-            if p.is_file() and p.name.endswith(suffix) and not _is_temp(p.name)
+            if p.is_file()
+            and p.name.endswith(suffix)
+            and not any(_is_temp(part) for part in p.relative_to(root).parts)
         ]
     return sorted(found, key=lambda info: info.uri)
 
@@ -212,7 +223,9 @@ def upload_file(local_path: str | os.PathLike[str], uri: str, overwrite: bool = 
 
     On GCS the upload is resumable and carries a CRC32C checksum that the server checks; it
     is create-only unless ``overwrite``: an object that already exists with the same MD5 is
-    left as it is (a rerun), one with other bytes is an error.
+    left as it is (a rerun), one with other bytes is an error. The object is looked up first
+    (so a rerun uploads nothing) and the upload itself is conditional on no object existing
+    (``if_generation_match=0``), which settles a race with another writer on the server.
     """
     if not is_gcs(uri):
         with open(local_path, "rb") as src, atomic_writer(uri) as dst:
@@ -220,6 +233,12 @@ def upload_file(local_path: str | os.PathLike[str], uri: str, overwrite: bool = 
         return
     from google.api_core.exceptions import PreconditionFailed
 
+    if not overwrite:
+        existing = stat(uri)
+        if existing is not None:
+            if _same_contents(existing, local_path):
+                return
+            raise FileExistsError(f"{uri} already exists with other contents")
     blob = _blob(uri)
     blob.chunk_size = CHUNK_BYTES
     try:
@@ -230,8 +249,16 @@ def upload_file(local_path: str | os.PathLike[str], uri: str, overwrite: bool = 
         )
     except PreconditionFailed:
         existing = stat(uri)
-        if existing is None or existing.md5 != file_md5(local_path):
+        if existing is None or not _same_contents(existing, local_path):
             raise FileExistsError(f"{uri} already exists with other contents") from None
+
+
+def _same_contents(existing: FileInfo, local_path: str | os.PathLike[str]) -> bool:
+    if existing.size != os.path.getsize(local_path):
+        return False
+    if existing.md5 is not None:
+        return existing.md5 == file_md5(local_path)
+    return existing.crc32c is not None and existing.crc32c == file_crc32c(local_path)
 
 
 def download_file(uri: str, local_path: str | os.PathLike[str]) -> None:
@@ -246,6 +273,17 @@ def file_md5(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_crc32c(path: str | os.PathLike[str]) -> str:
+    """CRC32C of a local file as hex, the form :attr:`FileInfo.crc32c` uses."""
+    import google_crc32c
+
+    checksum = google_crc32c.Checksum()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(CHUNK_BYTES), b""):
+            checksum.update(chunk)
+    return checksum.digest().hex()
 
 
 def delete(uri: str) -> None:
