@@ -44,7 +44,7 @@ bench-quality: install
 	$(BIN)/python -m tests.bench_quality
 
 corpus: install
-	$(BIN)/python -m tests.corpus.generate --out tests/data/corpus --train 300 --dev 60 --test 60 --seed 0
+	$(BIN)/python -m tests.corpus.generate --out tests/data/peoples_speech --train 300 --dev 60 --test 60 --seed 0
 
 images:
 	@command -v docker >/dev/null || { echo "make images needs a Docker engine (none here)"; exit 1; }
