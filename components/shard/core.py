@@ -1,0 +1,586 @@
+"""write-shards: validate every utterance and write NeMo's tarred dataset layout, streaming.
+
+Output (``out_dir``), as NeMo's ``convert_to_tarred_audio_dataset.py`` lays it out::
+
+    audio_<i>.tar                          utterances, member names ``<id>.<ext>``
+    sharded_manifests/manifest_<i>.json    the manifest lines of shard i (with ``shard_id``)
+    tarred_audio_manifest.json             all shards' lines, in shard order
+    metadata.yaml                          NeMo's tarred-dataset metadata + counts and filters
+    rejects.jsonl  card.json  _SUCCESS     what was refused and why; the card; done marker
+
+How the work is cut: the input files are split into G groups of about equal bytes
+(:func:`components.sources.split_groups`); group g owns the contiguous shard ids
+``[g*N//G, (g+1)*N//G)`` and writes them completely, so groups run anywhere (a process pool
+here, one KFP task each on a cluster) and the merge only concatenates small manifests. Within
+a group each item goes to shard ``first + hash(seed, id) % count``, reading several files at
+once, so each shard mixes utterances from all of its group's files. Member order is the
+(deterministic) reading order and tar headers are fixed (mtime 0, uid/gid 0, mode 0644), so
+the same input, seed and G give byte-identical shards, whatever ``--workers`` is.
+
+Every shard and manifest is written to a temporary name and renamed when complete (a
+create-only upload on GCS); a group writes its marker ``_groups/group_<g>_of_<G>.json`` last,
+the merge writes ``_SUCCESS`` last. A rerun skips finished groups and redoes the others,
+which produces the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import resource
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+from components import audio as checks
+from components import cards, storage
+from components.manifest import Rejects, RejectThresholdExceeded, manifest_line
+from components.progress import Progress, format_seconds, setup_logging
+from components.sources import Bad, Source, SourceError, count_rows, iter_items, member_stem, open_source
+from components.sources import split_groups as split_files
+
+log = logging.getLogger("asrflow.write_shards")
+
+STEP = "write-shards"
+FILES_PER_GROUP = 8
+INTERLEAVE = 8
+GROUPS_DIR = "_groups"
+MANIFEST_NAME = "tarred_audio_manifest.json"
+SHARDED_DIR = "sharded_manifests"
+METADATA_NAME = "metadata.yaml"
+REJECTS_NAME = "rejects.jsonl"
+DELAY_ENV = "ASRFLOW_WRITE_SHARDS_ITEM_DELAY"
+"""Seconds to sleep after each item: lets the kill-and-rerun test stop a run mid-way."""
+
+
+class ShardError(RuntimeError):
+    """write-shards cannot go on (settings clash with an earlier run, missing groups, no data)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One independent piece of work: some input files and the shard ids they fill."""
+
+    index: int
+    count: int
+    files: tuple[storage.FileInfo, ...]
+    first_shard: int
+    num_shards: int
+
+    @property
+    def shard_ids(self) -> range:
+        return range(self.first_shard, self.first_shard + self.num_shards)
+
+    @property
+    def name(self) -> str:
+        return f"group_{self.index:05d}_of_{self.count:05d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything that decides the output bytes, and the groups it is cut into."""
+
+    source: Source
+    num_shards: int
+    seed: int
+    rules: checks.Rules
+    groups: tuple[Group, ...]
+
+    @property
+    def settings_id(self) -> str:
+        """A digest of the input files and every setting that changes the output."""
+        settings = {
+            "input": self.source.fingerprint(),
+            "num_shards": self.num_shards,
+            "seed": self.seed,
+            "groups": len(self.groups),
+            "rules": self.rules.as_dict(),
+            "interleave": INTERLEAVE,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_groups(num_files: int) -> int:
+    """One group per FILES_PER_GROUP input files: parallelism without giving up mixing."""
+    return max(1, math.ceil(num_files / FILES_PER_GROUP))
+
+
+def make_plan(
+    source: Source, num_shards: int, seed: int, rules: checks.Rules, groups: int | None = None
+) -> Plan:
+    """Cut ``source`` into groups (at most one per file and per shard) with their shard ranges."""
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be at least 1, got {num_shards}")
+    wanted = groups if groups is not None else default_groups(len(source.files))
+    if wanted < 1:
+        raise ValueError(f"--groups must be at least 1, got {wanted}")
+    count = min(wanted, len(source.files), num_shards)
+    made = []
+    for index, files in enumerate(split_files(source.files, count)):
+        first = index * num_shards // count
+        end = (index + 1) * num_shards // count
+        made.append(Group(index, count, tuple(files), first, end - first))
+    return Plan(source, num_shards, seed, rules, tuple(made))
+
+
+def shard_for(seed: int, stem: str, group: Group) -> tuple[int, int]:
+    """(shard id, 64-bit key) for an item: a seeded hash picks one of the group's shards."""
+    digest = hashlib.blake2b(f"{seed}\0{stem}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    key = int.from_bytes(digest, "big")
+    return group.first_shard + key % group.num_shards, key
+
+
+# --- writing one group ------------------------------------------------------------------
+
+
+class TarShard:
+    """Appends members to a tar stream with fixed headers, keeping nothing per member.
+
+    The framing is tarfile's own (a header from ``TarInfo.tobuf``, data padded to 512
+    bytes, two zero blocks and padding to a 10 KiB record at the end), without tarfile's
+    list of members, which would grow with the shard.
+    """
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.offset = 0
+        self.members = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        padding = -len(data) % tarfile.BLOCKSIZE
+        self.out.write(header)
+        self.out.write(data)
+        if padding:
+            self.out.write(tarfile.NUL * padding)
+        self.offset += len(header) + len(data) + padding
+        self.members += 1
+
+    def close(self) -> None:
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        end += -end % tarfile.RECORDSIZE
+        self.out.write(tarfile.NUL * (end - self.offset))
+        self.offset = end
+
+
+def tar_name(shard_id: int) -> str:
+    return f"audio_{shard_id}.tar"
+
+
+def sharded_manifest_name(shard_id: int) -> str:
+    return f"{SHARDED_DIR}/manifest_{shard_id}.json"
+
+
+def group_marker(out_dir: str, group: Group) -> str:
+    return storage.join(out_dir, GROUPS_DIR, f"{group.name}.json")
+
+
+def group_rejects(out_dir: str, group: Group) -> str:
+    return storage.join(out_dir, GROUPS_DIR, f"{group.name}.rejects.jsonl")
+
+
+def read_group_stats(out_dir: str, group: Group, settings_id: str) -> dict[str, Any] | None:
+    """A finished group's stats, None when it has not finished; an error when made otherwise."""
+    uri = group_marker(out_dir, group)
+    if not storage.exists(uri):
+        return None
+    stats = json.loads(storage.read_text(uri))
+    if stats.get("settings_id") != settings_id:
+        raise ShardError(
+            f"{uri} was written with other input or settings (settings {stats.get('settings_id')}, "
+            f"now {settings_id}); write to a new --out directory or delete the old one"
+        )
+    return stats
+
+
+def write_group(plan: Plan, group_index: int, out_dir: str) -> dict[str, Any]:
+    """Validate and write one group's items into its shards; return its stats.
+
+    A group that already finished (its marker exists with the same settings) is skipped.
+    """
+    group = plan.groups[group_index]
+    settings_id = plan.settings_id
+    done = read_group_stats(out_dir, group, settings_id)
+    if done is not None:
+        log.info("%s: %s already written, skipped", STEP, group.name)
+        return done
+    _remove_stale_temporaries(out_dir, group)
+    _ensure_open_files(2 * group.num_shards + 2 * INTERLEAVE + 64)
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    rejects, seen = Rejects(), set()
+    shard_items = [0] * group.num_shards
+    shard_seconds = [0.0] * group.num_shards
+    seconds = 0.0
+    label = f"{STEP} group {group.index + 1}/{group.count} utterances"
+    progress = Progress(label, count_rows(plan.source, group.files))
+    with contextlib.ExitStack() as stack:
+        tars, manifests = _open_shards(stack, out_dir, group)
+        for item in iter_items(plan.source, group.files, interleave=INTERLEAVE):
+            progress.update(hours=round(seconds / 3600, 2), rejected=len(rejects))
+            if delay:
+                time.sleep(delay)
+            if isinstance(item, Bad):
+                rejects.add(item.id, item.source, item.reason, item.detail)
+                continue
+            result = checks.check(item.audio, item.text, item.duration, plan.rules)
+            if isinstance(result, checks.Refusal):
+                rejects.add(item.id, item.source, result.reason, result.detail)
+                continue
+            stem = member_stem(item.id)
+            shard_id, key = shard_for(plan.seed, stem, group)
+            if key in seen:
+                rejects.add(item.id, item.source, checks.DUPLICATE_ID, f"an earlier item is named {stem}")
+                continue
+            seen.add(key)
+            member = f"{stem}.{result.extension}"
+            slot = shard_id - group.first_shard
+            tars[slot].add(member, result.audio)
+            entry = {
+                "audio_filepath": member,
+                "duration": result.duration,
+                "text": result.text,
+                "shard_id": shard_id,
+                "source_id": item.id,
+                **item.extra,
+            }
+            manifests[slot].write(manifest_line(entry).encode("utf-8"))
+            shard_items[slot] += 1
+            shard_seconds[slot] += result.duration
+            seconds += result.duration
+        progress.finish()
+        # leaving the stack closes every tar and renames shards and manifests into place
+    for slot, count in enumerate(shard_items):
+        if count == 0:
+            shard_id = group.first_shard + slot
+            log.warning("%s: shard %d is empty (more shards than its group has items)", STEP, shard_id)
+    rejects.write(group_rejects(out_dir, group))
+    stats = {
+        "settings_id": settings_id,
+        "group": group.index,
+        "groups": group.count,
+        "shards": [group.first_shard, group.first_shard + group.num_shards],
+        "files": [info.uri for info in group.files],
+        "utterances": sum(shard_items),
+        "seconds": seconds,
+        "rejected": len(rejects),
+        "rejects_by_reason": rejects.counts(),
+        "shard_utterances": shard_items,
+        "shard_seconds": shard_seconds,
+    }
+    storage.write_text(group_marker(out_dir, group), json.dumps(stats, sort_keys=True) + "\n")
+    return stats
+
+
+def _open_shards(
+    stack: contextlib.ExitStack, out_dir: str, group: Group
+) -> tuple[list[TarShard], list[IO[bytes]]]:
+    storage.makedirs(storage.join(out_dir, SHARDED_DIR))
+    tars, manifests = [], []
+    for shard_id in group.shard_ids:
+        tar_out = stack.enter_context(storage.atomic_writer(storage.join(out_dir, tar_name(shard_id))))
+        shard = TarShard(tar_out)
+        # the end-of-archive blocks go in before the file is renamed (harmless on failure)
+        stack.callback(shard.close)
+        tars.append(shard)
+        uri = storage.join(out_dir, sharded_manifest_name(shard_id))
+        manifests.append(stack.enter_context(storage.atomic_writer(uri)))
+    return tars, manifests
+
+
+def _remove_stale_temporaries(out_dir: str, group: Group) -> None:
+    """Delete temporary files a killed run of this group left behind (local disks only)."""
+    if storage.is_gcs(out_dir):
+        return
+    for directory, make_name in ((out_dir, tar_name), (storage.join(out_dir, SHARDED_DIR), _manifest_base)):
+        if not os.path.isdir(directory):
+            continue
+        prefixes = tuple(f"{storage.TEMP_PREFIX}{make_name(i)}." for i in group.shard_ids)
+        for name in os.listdir(directory):
+            if name.startswith(prefixes):
+                storage.delete(os.path.join(directory, name))
+
+
+def _manifest_base(shard_id: int) -> str:
+    return storage.basename(sharded_manifest_name(shard_id))
+
+
+def _ensure_open_files(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ShardError(
+            f"a group keeps {needed} files open but the limit is {hard}; use more --groups "
+            f"(fewer shards per group) or raise ulimit -n"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+# --- merging ------------------------------------------------------------------------------
+
+
+def merge(plan: Plan, out_dir: str, max_reject_fraction: float) -> dict[str, Any]:
+    """Join finished groups: the full manifest, rejects, metadata, card, then ``_SUCCESS``.
+
+    Raises:
+        ShardError: a group has not finished, or nothing was accepted.
+        RejectThresholdExceeded: too many faulty items (duration filters do not count).
+    """
+    settings_id = plan.settings_id
+    stats = [read_group_stats(out_dir, group, settings_id) for group in plan.groups]
+    missing = [group.name for group, s in zip(plan.groups, stats, strict=True) if s is None]
+    if missing:
+        raise ShardError(f"{STEP}: cannot merge, groups not finished: {', '.join(missing)}")
+    finished: list[dict[str, Any]] = [s for s in stats if s is not None]
+    _concatenate(
+        [storage.join(out_dir, sharded_manifest_name(i)) for i in range(plan.num_shards)],
+        storage.join(out_dir, MANIFEST_NAME),
+    )
+    rejects_uri = storage.join(out_dir, REJECTS_NAME)
+    _concatenate([group_rejects(out_dir, group) for group in plan.groups], rejects_uri)
+    totals = _totals(finished)
+    _check_threshold(totals, max_reject_fraction, storage.join(out_dir, REJECTS_NAME))
+    if totals["utterances"] == 0:
+        raise ShardError(f"{STEP}: no utterance was accepted; see {storage.join(out_dir, REJECTS_NAME)}")
+    storage.write_text(storage.join(out_dir, METADATA_NAME), metadata_yaml(plan, totals))
+    card = {
+        "step": STEP,
+        "input": plan.source.uri,
+        "out_dir": out_dir,
+        "settings_id": settings_id,
+        "num_shards": plan.num_shards,
+        "seed": plan.seed,
+        "groups": len(plan.groups),
+        "filters": plan.rules.as_dict(),
+        "max_reject_fraction": max_reject_fraction,
+        **totals,
+        "manifest": storage.join(out_dir, MANIFEST_NAME),
+        "metadata": storage.join(out_dir, METADATA_NAME),
+        "rejects": storage.join(out_dir, REJECTS_NAME),
+        "tarred_audio_filepaths": storage.join(out_dir, f"audio__OP_0..{plan.num_shards - 1}_CL_.tar"),
+        "sharded_manifests": storage.join(
+            out_dir, SHARDED_DIR, f"manifest__OP_0..{plan.num_shards - 1}_CL_.json"
+        ),
+    }
+    cards.write_card(out_dir, card, echo=False)
+    storage.mark_complete(out_dir, settings_id + "\n")
+    return card
+
+
+def _totals(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    by_reason: dict[str, int] = {}
+    for group in stats:
+        for reason, count in group["rejects_by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + count
+    utterances = sum(group["utterances"] for group in stats)
+    rejected = sum(by_reason.values())
+    filtered = sum(count for reason, count in by_reason.items() if reason in checks.FILTER_REASONS)
+    seconds = sum(group["seconds"] for group in stats)
+    return {
+        "utterances": utterances,
+        "hours": round(seconds / 3600, 6),
+        "seconds": round(seconds, 3),
+        "rejected": rejected,
+        "filtered": filtered,
+        "faulty": rejected - filtered,
+        "rejects_by_reason": dict(sorted(by_reason.items())),
+        "shard_utterances": [n for group in stats for n in group["shard_utterances"]],
+    }
+
+
+def _check_threshold(totals: Mapping[str, Any], max_fraction: float, rejects_uri: str) -> None:
+    total = totals["utterances"] + totals["rejected"]
+    faulty = totals["faulty"]
+    if total and faulty / total > max_fraction:
+        reasons = ", ".join(
+            f"{reason}: {n}"
+            for reason, n in totals["rejects_by_reason"].items()
+            if reason not in checks.FILTER_REASONS
+        )
+        raise RejectThresholdExceeded(
+            f"{STEP}: rejected {faulty} of {total} items as faulty ({faulty / total:.1%} > "
+            f"--max-reject-fraction {max_fraction:.1%}); by reason: {reasons}; see {rejects_uri}"
+        )
+
+
+def metadata_yaml(plan: Plan, totals: Mapping[str, Any]) -> str:
+    """NeMo's ``ASRTarredDatasetMetadata`` fields (no timestamp: the bytes stay the same),
+    with what asrflow adds under ``asrflow``; estimate-buckets later fills the bucket fields."""
+    import yaml
+
+    rules = plan.rules
+    metadata = {
+        "version": 0,
+        "num_samples_per_shard": totals["utterances"] // plan.num_shards,
+        "is_concatenated_manifest": False,
+        "dataset_config": {
+            "num_shards": plan.num_shards,
+            "shuffle": True,
+            "max_duration": rules.max_duration,
+            "min_duration": rules.min_duration,
+            "shuffle_seed": plan.seed,
+            "sort_in_shards": False,
+            "slice_with_offset": False,
+            "shard_manifests": True,
+            "keep_files_together": False,
+            "force_codec": None,
+            "use_lhotse": False,
+            "use_bucketing": False,
+            "num_buckets": None,
+            "bucket_duration_bins": None,
+        },
+        "history": [],
+        "asrflow": {
+            "step": STEP,
+            "input": plan.source.uri,
+            "settings_id": plan.settings_id,
+            "seed": plan.seed,
+            "num_shards": plan.num_shards,
+            "groups": len(plan.groups),
+            "filters": rules.as_dict(),
+            "utterances": totals["utterances"],
+            "hours": totals["hours"],
+            "rejected": totals["rejected"],
+            "rejects_by_reason": totals["rejects_by_reason"],
+            "shard_utterances": totals["shard_utterances"],
+        },
+    }
+    return yaml.safe_dump(metadata, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _concatenate(parts: list[str], target: str) -> None:
+    with storage.atomic_writer(target) as out:
+        for part in parts:
+            with storage.open_read(part) as stream:
+                while chunk := stream.read(storage.CHUNK_BYTES):
+                    out.write(chunk)
+
+
+# --- the step -----------------------------------------------------------------------------
+
+
+def write_shards(
+    input_: str | Mapping[str, Any],
+    out_dir: str,
+    num_shards: int,
+    seed: int,
+    *,
+    split: str | None = None,
+    rules: checks.Rules | None = None,
+    max_reject_fraction: float = 0.01,
+    workers: int = 1,
+    groups: int | None = None,
+    group: int | None = None,
+    merge_only: bool = False,
+) -> dict[str, Any]:
+    """Write a NeMo tarred dataset from INPUT into ``out_dir``; return the card.
+
+    Args:
+        input_: a parquet directory, a download card (URI or dict) or a NeMo manifest.
+        out_dir: local directory or ``gs://`` prefix for the shards.
+        num_shards: how many ``audio_<i>.tar`` files to write.
+        seed: decides which shard each utterance goes to.
+        split: the split to read when the input directory holds several.
+        rules: validation and filters (default: :class:`components.audio.Rules`).
+        max_reject_fraction: fail when more than this fraction of items is faulty.
+        workers: processes writing groups at the same time (the output does not depend on it).
+        groups: how many independent groups to cut the input files into (default: one per
+            8 files); the output depends on it, since shards mix files within a group.
+        group: write only this group (a KFP fan-out task) and return its stats; no merge.
+        merge_only: only merge groups written earlier (the KFP fan-in task).
+
+    Returns:
+        The card (or, with ``group``, the group's stats).
+    """
+    rules = rules or checks.Rules()
+    source = open_source(input_, split=split)
+    plan = make_plan(source, num_shards, seed, rules, groups)
+    settings_id = plan.settings_id
+    if storage.is_complete(out_dir):
+        written = storage.read_text(storage.join(out_dir, storage.SUCCESS_MARKER)).strip()
+        if written != settings_id:
+            raise ShardError(
+                f"{out_dir} already holds a finished dataset made with other input or settings "
+                f"(settings {written}, now {settings_id}); choose a new --out"
+            )
+        log.info("%s: %s is complete, nothing to do", STEP, out_dir)
+        return cards.read_card(out_dir)
+    if group is not None:
+        if not 0 <= group < (groups or len(plan.groups)):
+            raise ValueError(f"--group {group} is outside 0..{(groups or len(plan.groups)) - 1}")
+        if group >= len(plan.groups):
+            log.info("%s: group %d has no files (input has %d), nothing to do", STEP, group, len(plan.groups))
+            return {"settings_id": settings_id, "group": group, "groups": len(plan.groups), "utterances": 0}
+        return write_group(plan, group, out_dir)
+    if not merge_only:
+        _write_all_groups(plan, out_dir, workers)
+    return merge(plan, out_dir, max_reject_fraction)
+
+
+def _write_all_groups(plan: Plan, out_dir: str, workers: int) -> None:
+    started = time.monotonic()
+    count = len(plan.groups)
+    workers = max(1, min(workers, count))
+    log.info(
+        "%s: %d files in %d groups -> %d shards, %d worker(s)",
+        STEP,
+        len(plan.source.files),
+        count,
+        plan.num_shards,
+        workers,
+    )
+    if workers == 1:
+        results = [write_group(plan, index, out_dir) for index in range(count)]
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=setup_logging) as pool:
+            futures = [pool.submit(write_group, plan, index, out_dir) for index in range(count)]
+            results = []
+            for done, future in enumerate(futures, start=1):
+                results.append(future.result())
+                log.info("%s: %d/%d groups written", STEP, done, count)
+    seconds = sum(r["seconds"] for r in results)
+    elapsed = time.monotonic() - started
+    log.info(
+        "%s: %d utterances, %.2f h of audio in %s (%.0fx real time)",
+        STEP,
+        sum(r["utterances"] for r in results),
+        seconds / 3600,
+        format_seconds(elapsed),
+        seconds / elapsed if elapsed else 0.0,
+    )
+
+
+def iter_shard_members(out_dir: str, shard_id: int) -> Iterator[tuple[str, int]]:
+    """(member name, size) of one written shard, in order; for checks and tests."""
+    with storage.open_read(storage.join(out_dir, tar_name(shard_id))) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                yield info.name, info.size
+
+
+__all__ = [
+    "Group",
+    "Plan",
+    "ShardError",
+    "SourceError",
+    "RejectThresholdExceeded",
+    "make_plan",
+    "merge",
+    "write_group",
+    "write_shards",
+]
