@@ -1,0 +1,372 @@
+"""``asrflow evaluate``: transcription with tiny NeMo models, WER/CER, report, champion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import pytest
+import soundfile
+
+from components import storage
+from components.evaluate import core
+from components.manifest import ManifestError, normalize_text
+
+SENTENCES = (
+    "A cat sat on the mat.",
+    "It's a fine day, isn't it?",
+    "Seven boats came in at dawn",
+    "Read a book.",
+)
+
+
+def synthesize(text: str, path: Path) -> float:
+    """Speak ``text`` with espeak-ng into a 16 kHz mono WAV; returns its duration in seconds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    speech = subprocess.run(
+        ["espeak-ng", "-v", "en", "-s", "170", "--stdout", text], check=True, capture_output=True
+    )
+    subprocess.run(
+        ["sox", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", str(path)],
+        input=speech.stdout,
+        check=True,
+        capture_output=True,
+    )
+    return round(soundfile.info(str(path)).duration, 3)
+
+
+def write_manifest(path: Path, entries: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small eval set: espeak-ng audio under ``audio/`` and a manifest with relative paths."""
+    root = tmp_path_factory.mktemp("speech") / "speech-set"
+    entries = []
+    for index, text in enumerate(SENTENCES):
+        relative = f"audio/u{index}.wav"
+        entries.append(
+            {"audio_filepath": relative, "duration": synthesize(text, root / relative), "text": text}
+        )
+    return write_manifest(root / "manifest.json", entries)
+
+
+@pytest.fixture
+def letter_set(speech_set: Path, tmp_path: Path) -> Path:
+    """The same audio with every reference "a": a model that always says "a" scores 0% WER."""
+    entries = [
+        {**entry, "audio_filepath": str(speech_set.parent / entry["audio_filepath"]), "text": "a"}
+        for entry in map(json.loads, speech_set.read_text().splitlines())
+    ]
+    return write_manifest(tmp_path / "letter.json", entries)
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def run_evaluate(model: Path, sets: list[str], out: Path, **kwargs: Any) -> dict[str, Any]:
+    return core.evaluate(str(model), sets, str(out), device="cpu", batch_size=2, echo=False, **kwargs)
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+
+def test_wer_and_cer_equal_jiwer_on_own_hypotheses(
+    tiny_nemo_model: Path, constant_nemo_model: Callable[[str | None], Path], speech_set: Path, tmp_path: Path
+) -> None:
+    for label, model in (("tiny", tiny_nemo_model), ("says-a", constant_nemo_model("a"))):
+        card = run_evaluate(model, [f"speech={speech_set}"], tmp_path / label)
+        figures = card["sets"]["speech"]
+        rows = read_rows(figures["hypotheses"])
+        assert len(rows) == len(SENTENCES) == figures["num_utterances"]
+        assert [row["text"] for row in rows] == list(SENTENCES)  # manifest order, whatever the batching
+        assert any(row["pred_text"] for row in rows), f"{label}: a model that says nothing tests little"
+
+        refs = [normalize_text(row["text"]) for row in rows]
+        hyps = [normalize_text(row["pred_text"]) for row in rows]
+        words = jiwer.process_words(refs, hyps)
+        chars = jiwer.process_characters(refs, hyps)
+        assert figures["wer"] == pytest.approx(words.wer)
+        assert figures["cer"] == pytest.approx(chars.cer)
+        assert (figures["substitutions"], figures["insertions"], figures["deletions"], figures["hits"]) == (
+            words.substitutions,
+            words.insertions,
+            words.deletions,
+            words.hits,
+        )
+        for row, ref, hyp in zip(rows, refs, hyps, strict=True):
+            assert row["wer"] == pytest.approx(jiwer.wer(ref, hyp))
+        assert card["mean_wer"] == pytest.approx(words.wer)
+
+    # the "a" model hits the word "a" in three of the four sentences: a mix of hits and errors
+    says_a = read_rows(str(tmp_path / "says-a" / "speech" / "hypotheses.jsonl"))
+    assert {row["pred_text"] for row in says_a} == {"a"}
+    assert card["sets"]["speech"]["hits"] == 3
+
+
+def test_card_fields_and_report(tiny_nemo_model: Path, speech_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    card = run_evaluate(tiny_nemo_model, [str(speech_set), f"again={speech_set}"], out, worst=2)
+    assert card["step"] == "evaluate"
+    assert card["model"] == str(tiny_nemo_model)
+    assert card["model_md5"] == storage.file_md5(tiny_nemo_model)
+    assert list(card["sets"]) == ["speech-set", "again"]  # from the manifest's directory, or NAME=
+    expected_hours = sum(json.loads(line)["duration"] for line in speech_set.read_text().splitlines()) / 3600
+    for figures in card["sets"].values():
+        for field in (
+            "wer",
+            "cer",
+            "substitutions",
+            "insertions",
+            "deletions",
+            "hits",
+            "num_utterances",
+            "hours",
+        ):
+            assert field in figures
+        assert figures["num_utterances"] == len(SENTENCES)
+        assert figures["hours"] == pytest.approx(expected_hours, abs=1e-6)
+        assert figures["hits"] + figures["substitutions"] + figures["deletions"] == sum(
+            len(normalize_text(text).split()) for text in SENTENCES
+        )
+    assert card["champion"] is None
+    assert json.loads((out / "card.json").read_text()) == card
+    assert storage.is_complete(str(out))
+
+    report = (out / "report.md").read_text()
+    assert "| speech-set | 4 |" in report and "| again | 4 |" in report
+    rows = read_rows(card["sets"]["speech-set"]["hypotheses"])
+    worst = sorted(rows, key=lambda row: -row["wer"])[:2]
+    section = report.split("## Worst utterances: speech-set")[1].split("##")[0]
+    table_rows = [line for line in section.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(table_rows) == 2
+    for row in worst:
+        assert normalize_text(row["text"]) in section
+    assert f"{100 * worst[0]['wer']:.2f}%" in table_rows[0]
+
+
+def test_relative_audio_paths_resolve_against_the_manifest(
+    constant_nemo_model: Callable[[str | None], Path],
+    speech_set: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
+    card = run_evaluate(constant_nemo_model("a"), [str(speech_set)], tmp_path / "out")
+    rows = read_rows(card["sets"]["speech-set"]["hypotheses"])
+    assert [row["audio_filepath"] for row in rows] == [
+        str(speech_set.parent / "audio" / f"u{index}.wav") for index in range(len(SENTENCES))
+    ]
+
+
+def test_rerun_reuses_finished_sets_and_a_new_model_redoes_them(
+    constant_nemo_model: Callable[[str | None], Path],
+    speech_set: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "out"
+    first = run_evaluate(constant_nemo_model("a"), [str(speech_set)], out)
+    hypotheses = out / "speech-set" / "hypotheses.jsonl"
+    before = hypotheses.read_bytes()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="asrflow"):
+        again = run_evaluate(constant_nemo_model("a"), [str(speech_set)], out)
+    assert "reusing" in caplog.text
+    assert again == first and hypotheses.read_bytes() == before
+
+    other = run_evaluate(constant_nemo_model(None), [str(speech_set)], out)
+    assert {row["pred_text"] for row in read_rows(str(hypotheses))} == {""}
+    assert other["sets"]["speech-set"]["wer"] == 1.0
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"audio_filepath": "audio/u1.wav", "duration": 1.0', "not valid JSON"),
+        ('{"audio_filepath": "audio/u1.wav", "duration": 1.0}', "missing field(s) text"),
+        ('{"audio_filepath": "audio/nope.wav", "duration": 1.0, "text": "x"}', "audio file not found"),
+    ],
+)
+def test_bad_manifest_line_is_named(
+    tiny_nemo_model: Path, speech_set: Path, tmp_path: Path, line: str, message: str
+) -> None:
+    good = speech_set.read_text().splitlines()[0]
+    manifest = speech_set.parent / f"bad-{abs(hash(line))}.json"
+    manifest.write_text(f"{good}\n{line}\n")
+    with pytest.raises((ManifestError, core.EvaluateError)) as err:
+        run_evaluate(tiny_nemo_model, [str(manifest)], tmp_path / "out")
+    assert f"{manifest}:2" in str(err.value) and message in str(err.value)
+    assert not (tmp_path / "out" / "card.json").exists()
+
+
+def test_missing_manifest_and_duplicate_names(
+    tiny_nemo_model: Path, speech_set: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(core.EvaluateError, match="no such manifest or dataset: .*nothing.json"):
+        run_evaluate(tiny_nemo_model, [str(tmp_path / "nothing.json")], tmp_path / "out")
+    with pytest.raises(core.EvaluateError, match="used twice"):
+        run_evaluate(tiny_nemo_model, [str(speech_set), str(speech_set)], tmp_path / "out")
+    empty = tmp_path / "empty" / "manifest.json"
+    empty.parent.mkdir()
+    empty.write_text("\n")
+    with pytest.raises(ManifestError, match="no entries"):
+        run_evaluate(tiny_nemo_model, [str(empty)], tmp_path / "out")
+
+
+def test_set_names() -> None:
+    assert core.default_set_name("/data/dev-clean/manifest.json") == "dev-clean"
+    assert core.default_set_name("/data/ls/test_other.json") == "test_other"
+    assert core.default_set_name("gs://b/root/datasets/ps/clean/test/" + "a" * 40 + "/raw") == "ps-clean-test"
+    assert core.split_set_spec("dev=gs://b/x.json") == ("dev", "gs://b/x.json")
+    assert core.split_set_spec("/a=b/x.json") == (None, "/a=b/x.json")
+
+
+# --- champion ------------------------------------------------------------------------------
+
+
+def test_decide_promotion_rules() -> None:
+    assert core.decide_promotion(0.20, 0.25)[0] is True
+    promoted, reason = core.decide_promotion(0.25, 0.25)
+    assert promoted is False and "tie" in reason
+    assert core.decide_promotion(0.30, 0.25)[0] is False
+    assert core.decide_promotion(0.245, 0.25, min_improvement=0.01)[0] is False
+    assert core.decide_promotion(0.235, 0.25, min_improvement=0.01)[0] is True
+
+
+def test_first_model_becomes_champion_then_a_better_one_replaces_it(
+    constant_nemo_model: Callable[[str | None], Path], letter_set: Path, tmp_path: Path
+) -> None:
+    champion = tmp_path / "models" / "demo" / "champion.json"
+    blank = constant_nemo_model(None)  # says nothing: WER 100% on "a"
+    first = run_evaluate(
+        blank, [f"letters={letter_set}"], tmp_path / "eval-blank", champion_uri=str(champion)
+    )
+    assert first["champion"]["promoted"] is True and first["champion"]["champion_source"] == "none"
+    record = json.loads(champion.read_text())
+    assert record["model"] == str(blank) and record["sets"]["letters"]["wer"] == 1.0
+
+    says_a = constant_nemo_model("a")  # WER 0% on "a"
+    second = run_evaluate(says_a, [f"letters={letter_set}"], tmp_path / "eval-a", champion_uri=str(champion))
+    decision = second["champion"]
+    assert decision["promoted"] is True
+    assert decision["champion_source"] == "recorded"  # same sets: the recorded WER is fair
+    assert decision["previous_model"] == str(blank) and decision["previous_mean_wer"] == 1.0
+    record = json.loads(champion.read_text())
+    assert record["model"] == str(says_a) and record["mean_wer"] == 0.0
+    assert "promoted to champion" in (tmp_path / "eval-a" / "report.md").read_text()
+    assert not list(champion.parent.glob(".tmp-*"))
+
+
+def test_worse_model_leaves_champion_untouched_after_reevaluating_it(
+    constant_nemo_model: Callable[[str | None], Path], letter_set: Path, tmp_path: Path
+) -> None:
+    champion = tmp_path / "champion.json"
+    says_a = constant_nemo_model("a")
+    run_evaluate(says_a, [f"letters={letter_set}"], tmp_path / "eval-a", champion_uri=str(champion))
+    before = champion.read_bytes()
+    stat_before = champion.stat()
+
+    # another set name: the recorded WER is not from these sets, so the champion runs again
+    card = run_evaluate(
+        constant_nemo_model("b"), [f"renamed={letter_set}"], tmp_path / "eval-b", champion_uri=str(champion)
+    )
+    decision = card["champion"]
+    assert card["sets"]["renamed"]["wer"] == 1.0
+    assert decision["promoted"] is False
+    assert decision["champion_source"] == "re-evaluated"
+    assert decision["previous_sets"]["renamed"]["wer"] == 0.0
+    assert "not lower" in decision["reason"]
+    assert (tmp_path / "eval-b" / "champion" / "renamed" / "hypotheses.jsonl").is_file()
+    assert champion.read_bytes() == before and champion.stat().st_mtime_ns == stat_before.st_mtime_ns
+    assert "not promoted" in (tmp_path / "eval-b" / "report.md").read_text()
+
+
+def test_malformed_champion_record_is_named(tiny_nemo_model: Path, speech_set: Path, tmp_path: Path) -> None:
+    champion = tmp_path / "champion.json"
+    champion.write_text('{"sets": {}}')
+    with pytest.raises(core.EvaluateError, match=f"{champion}: .*'model'"):
+        run_evaluate(tiny_nemo_model, [str(speech_set)], tmp_path / "out", champion_uri=str(champion))
+
+
+# --- gs:// ---------------------------------------------------------------------------------
+
+
+def test_model_sets_and_outputs_on_gcs(
+    constant_nemo_model: Callable[[str | None], Path], speech_set: Path, gcs_bucket: str
+) -> None:
+    model_uri = f"{gcs_bucket}/runs/r1/model.nemo"
+    storage.upload_file(constant_nemo_model("a"), model_uri)
+    set_uri = f"{gcs_bucket}/sets/speech"
+    storage.upload_file(speech_set, f"{set_uri}/manifest.json")
+    for wav in sorted((speech_set.parent / "audio").iterdir()):
+        storage.upload_file(wav, f"{set_uri}/audio/{wav.name}")
+    out = f"{gcs_bucket}/runs/r1/eval"
+    champion = f"{gcs_bucket}/models/demo/champion.json"
+
+    card = core.evaluate(
+        model_uri, [f"{set_uri}/manifest.json"], out, champion_uri=champion, device="cpu", echo=False
+    )
+    assert card["model"] == model_uri and card["champion"]["promoted"] is True
+    rows = [json.loads(line) for line in storage.read_text(f"{out}/speech/hypotheses.jsonl").splitlines()]
+    assert rows[0]["audio_filepath"] == f"{set_uri}/audio/u0.wav"
+    assert {row["pred_text"] for row in rows} == {"a"}
+    assert json.loads(storage.read_text(champion))["model"] == model_uri
+    assert storage.is_complete(out) and storage.exists(f"{out}/report.md")
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _asrflow(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).with_name("asrflow")), *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+
+
+def test_cli_help_explains() -> None:
+    result = _asrflow("evaluate", "--help")
+    assert result.returncode == 0, result.stderr
+    for words in (
+        "MODEL.nemo",
+        "MANIFEST",
+        "--out",
+        "--champion",
+        "--batch-size",
+        "--device",
+        "hypotheses.jsonl",
+    ):
+        assert words in result.stdout
+
+
+def test_cli_run_prints_the_card_last(tiny_nemo_model: Path, speech_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _asrflow(
+        "evaluate", str(tiny_nemo_model), f"speech={speech_set}", "--out", str(out), "--batch-size", "3"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads(result.stdout.strip().splitlines()[-1])
+    assert card == json.loads((out / "card.json").read_text())
+    assert "evaluate model set 1/1 speech: utterances: 4/4" in result.stderr  # progress line
+
+
+def test_cli_bad_manifest_names_file_and_line(tiny_nemo_model: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.json"
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": "long", "text": "x"}\n')
+    result = _asrflow("evaluate", str(tiny_nemo_model), str(manifest), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert f"{manifest}:1: field duration must be a number" in result.stderr
+    assert "Traceback" not in result.stderr
