@@ -16,6 +16,7 @@ Output layout under ``out_dir``::
 
     <set>/hypotheses.jsonl   one line per utterance: audio_filepath, duration, text, pred_text, wer, cer
     <set>/_SUCCESS           the model and set fingerprints these hypotheses belong to (resume)
+    <set>/input/             a dataset input exported to FLAC + manifest.json (parquet or card inputs)
     champion/<set>/...       the champion re-evaluated on the same sets (with --champion)
     report.md                the table of sets and the worst utterances of each
     card.json, _SUCCESS      written last
@@ -48,6 +49,7 @@ HYPOTHESES_NAME = "hypotheses.jsonl"
 REPORT_NAME = "report.md"
 CHAMPION_NAME = "champion.json"
 CHAMPION_DIR = "champion"
+INPUT_DIR = "input"
 SCORING = "normalize_text+jiwer-v1"
 """Names the scoring method; a recorded champion WER is reused only when it was scored the same way."""
 
@@ -124,13 +126,14 @@ def _is_manifest_file(path: str) -> bool:
     return storage.basename(path) != cards.CARD_NAME and storage.stat(path) is not None
 
 
-def resolve_eval_sets(specs: Sequence[str], staging_dir: str) -> list[EvalSet]:
+def resolve_eval_sets(specs: Sequence[str], out_dir: str) -> list[EvalSet]:
     """Turn command-line eval set specs into named manifests.
 
     Args:
         specs: ``PATH`` or ``NAME=PATH``; PATH is a NeMo manifest, a parquet directory or a
-            download card (the last two exported to a manifest under ``staging_dir``).
-        staging_dir: a local directory for exported manifests and audio.
+            download card; the last two are exported (audio and manifest) once, to
+            ``out_dir/<set>/input``, so that the hypotheses point at audio that stays.
+        out_dir: the step's output directory.
 
     Raises:
         EvaluateError: a path that does not exist, a name used twice or a reserved name.
@@ -150,7 +153,7 @@ def resolve_eval_sets(specs: Sequence[str], staging_dir: str) -> list[EvalSet]:
         if _is_manifest_file(path):
             manifest = path
         elif _is_dataset(path):
-            manifest = _export(path, storage.join(staging_dir, "sets", name))
+            manifest = _export(path, storage.join(out_dir, name, INPUT_DIR))
         else:
             raise EvaluateError(f"eval set {name!r}: no such manifest or dataset: {path}")
         sets.append(EvalSet(name=name, manifest=manifest, source=path))
@@ -849,7 +852,7 @@ def evaluate(
         num_workers = 0 if device == "cpu" else 4
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="asrflow-evaluate-") as staging:
-        specs = resolve_eval_sets(eval_sets, staging)
+        specs = resolve_eval_sets(eval_sets, out_dir)
         sets = [(eval_set, load_utterances(eval_set, staging)) for eval_set in specs]
         if storage.is_gcs(model_uri):
             model_key = model_uri

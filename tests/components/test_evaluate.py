@@ -80,37 +80,49 @@ def run_evaluate(model: Path, sets: list[str], out: Path, **kwargs: Any) -> dict
 # --- scoring -------------------------------------------------------------------------------
 
 
+def check_against_jiwer(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Recompute a set's figures with jiwer from its hypotheses.jsonl alone; return the rows."""
+    rows = read_rows(figures["hypotheses"])
+    assert len(rows) == figures["num_utterances"]
+    refs = [normalize_text(row["text"]) for row in rows]
+    hyps = [normalize_text(row["pred_text"]) for row in rows]
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    assert figures["wer"] == pytest.approx(words.wer)
+    assert figures["cer"] == pytest.approx(chars.cer)
+    counts = (figures["substitutions"], figures["insertions"], figures["deletions"], figures["hits"])
+    assert counts == (words.substitutions, words.insertions, words.deletions, words.hits)
+    for row, ref, hyp in zip(rows, refs, hyps, strict=True):
+        assert row["wer"] == pytest.approx(jiwer.wer(ref, hyp))
+        assert row["cer"] == pytest.approx(jiwer.cer(ref, hyp))
+    return rows
+
+
 def test_wer_and_cer_equal_jiwer_on_own_hypotheses(
-    tiny_nemo_model: Path, constant_nemo_model: Callable[[str | None], Path], speech_set: Path, tmp_path: Path
+    tiny_nemo_model: Path,
+    constant_nemo_model: Callable[[str | None], Path],
+    bundled_eval_manifest: Path,
+    speech_set: Path,
+    tmp_path: Path,
 ) -> None:
+    sets = [f"bundled={bundled_eval_manifest}", f"speech={speech_set}"]
+    expected_text = [json.loads(line)["text"] for line in bundled_eval_manifest.read_text().splitlines()]
     for label, model in (("tiny", tiny_nemo_model), ("says-a", constant_nemo_model("a"))):
-        card = run_evaluate(model, [f"speech={speech_set}"], tmp_path / label)
-        figures = card["sets"]["speech"]
-        rows = read_rows(figures["hypotheses"])
-        assert len(rows) == len(SENTENCES) == figures["num_utterances"]
-        assert [row["text"] for row in rows] == list(SENTENCES)  # manifest order, whatever the batching
-        assert any(row["pred_text"] for row in rows), f"{label}: a model that says nothing tests little"
-
-        refs = [normalize_text(row["text"]) for row in rows]
-        hyps = [normalize_text(row["pred_text"]) for row in rows]
-        words = jiwer.process_words(refs, hyps)
-        chars = jiwer.process_characters(refs, hyps)
-        assert figures["wer"] == pytest.approx(words.wer)
-        assert figures["cer"] == pytest.approx(chars.cer)
-        assert (figures["substitutions"], figures["insertions"], figures["deletions"], figures["hits"]) == (
-            words.substitutions,
-            words.insertions,
-            words.deletions,
-            words.hits,
+        card = run_evaluate(model, sets, tmp_path / label)
+        for name in ("bundled", "speech"):
+            rows = check_against_jiwer(card["sets"][name])
+            assert any(row["pred_text"] for row in rows), f"{label}: a model that says nothing tests little"
+        rows = read_rows(card["sets"]["bundled"]["hypotheses"])
+        assert [row["text"] for row in rows] == expected_text  # manifest order, whatever the batching
+        assert card["mean_wer"] == pytest.approx(
+            (card["sets"]["bundled"]["wer"] + card["sets"]["speech"]["wer"]) / 2
         )
-        for row, ref, hyp in zip(rows, refs, hyps, strict=True):
-            assert row["wer"] == pytest.approx(jiwer.wer(ref, hyp))
-        assert card["mean_wer"] == pytest.approx(words.wer)
 
-    # the "a" model hits the word "a" in three of the four sentences: a mix of hits and errors
-    says_a = read_rows(str(tmp_path / "says-a" / "speech" / "hypotheses.jsonl"))
-    assert {row["pred_text"] for row in says_a} == {"a"}
-    assert card["sets"]["speech"]["hits"] == 3
+    # "a" is a word in three of the four sentences: hits and errors mixed, exactly known
+    says_a = card["sets"]["speech"]
+    assert {row["pred_text"] for row in read_rows(says_a["hypotheses"])} == {"a"}
+    assert (says_a["hits"], says_a["substitutions"], says_a["insertions"]) == (3, 1, 0)
+    assert says_a["wer"] == pytest.approx(1 - 3 / sum(len(normalize_text(t).split()) for t in SENTENCES))
 
 
 def test_card_fields_and_report(tiny_nemo_model: Path, speech_set: Path, tmp_path: Path) -> None:
@@ -156,16 +168,46 @@ def test_card_fields_and_report(tiny_nemo_model: Path, speech_set: Path, tmp_pat
 
 def test_relative_audio_paths_resolve_against_the_manifest(
     constant_nemo_model: Callable[[str | None], Path],
-    speech_set: Path,
+    bundled_eval_manifest: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths must not depend on the working directory
-    card = run_evaluate(constant_nemo_model("a"), [str(speech_set)], tmp_path / "out")
-    rows = read_rows(card["sets"]["speech-set"]["hypotheses"])
+    entries = [json.loads(line) for line in bundled_eval_manifest.read_text().splitlines()]
+    assert not Path(entries[0]["audio_filepath"]).is_absolute()
+    card = run_evaluate(constant_nemo_model("a"), [str(bundled_eval_manifest)], tmp_path / "out")
+    rows = read_rows(card["sets"]["validation"]["hypotheses"])
     assert [row["audio_filepath"] for row in rows] == [
-        str(speech_set.parent / "audio" / f"u{index}.wav") for index in range(len(SENTENCES))
+        str(bundled_eval_manifest.parent / entry["audio_filepath"]) for entry in entries
     ]
+
+
+def test_parquet_dataset_is_exported_and_scored_like_its_manifest(
+    tiny_nemo_model: Path, bundled_corpus: Path, bundled_eval_manifest: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    card = run_evaluate(
+        tiny_nemo_model,
+        [f"parquet={bundled_corpus / 'validation'}", f"manifest={bundled_eval_manifest}"],
+        out,
+    )
+    parquet, manifest = card["sets"]["parquet"], card["sets"]["manifest"]
+    assert parquet["manifest"] == str(out / "parquet" / "input" / "manifest.json")
+    assert parquet["source"] == str(bundled_corpus / "validation")
+    assert parquet["fingerprint"] == manifest["fingerprint"]
+    for field in (
+        "wer",
+        "cer",
+        "substitutions",
+        "insertions",
+        "deletions",
+        "hits",
+        "num_utterances",
+        "hours",
+    ):
+        assert parquet[field] == manifest[field]
+    rows = read_rows(parquet["hypotheses"])
+    assert all(Path(row["audio_filepath"]).is_file() for row in rows)  # the exported audio stays
 
 
 def test_rerun_reuses_finished_sets_and_a_new_model_redoes_them(
