@@ -1,0 +1,113 @@
+"""``asrflow download``: forwards to :func:`components.download.core.download`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("download")
+@click.argument("source")
+@click.option("--out", default=None, help="Output directory, local or gs://.")
+@click.option(
+    "--data-root",
+    default=None,
+    envvar="ASRFLOW_DATA_ROOT",
+    help="Without --out: write to DATA_ROOT/datasets/DATASET/CONFIG/SPLIT/REVISION/raw "
+    "[env: ASRFLOW_DATA_ROOT].",
+)
+@click.option(
+    "--config",
+    default=None,
+    help="Dataset config, e.g. clean [default: the only one, or the one the dataset card marks default].",
+)
+@click.option("--split", default="train", show_default=True, help="Split: train, validation, test, ...")
+@click.option(
+    "--revision",
+    default=None,
+    help="Hub branch, tag or commit (recorded as the commit SHA) [default: main]. For local "
+    "and gs:// sources: the content hash the data must have.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Files copied at once."
+)
+@click.option(
+    "--pattern",
+    default=None,
+    help="Glob of the data files relative to SOURCE, {config} and {split} filled in, e.g. "
+    "'{config}/{split}/*.parquet'; '*' stays in one directory, '**' crosses them "
+    "[default: the dataset card's configs, else CONFIG/SPLIT-*.parquet].",
+)
+@click.option("--dataset", default=None, help="Dataset name in the card and key [default: from SOURCE].")
+@click.option("--id-column", default="id", show_default=True, help="Parquet column with the utterance id.")
+@click.option("--audio-column", default="audio", show_default=True, help="Parquet column with the audio.")
+@click.option("--text-column", default="text", show_default=True, help="Parquet column with the transcript.")
+@click.option(
+    "--duration-column",
+    default=None,
+    help="Parquet column with the duration, in seconds, or milliseconds when the name ends "
+    "in _ms [default: duration_ms or duration when present, else read from the audio headers].",
+)
+@click.option("--max-mbps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on MB/s.")
+def download(
+    source: str,
+    out: str | None,
+    data_root: str | None,
+    config: str | None,
+    split: str,
+    revision: str | None,
+    workers: int,
+    pattern: str | None,
+    dataset: str | None,
+    id_column: str,
+    audio_column: str,
+    text_column: str,
+    duration_column: str | None,
+    max_mbps: float | None,
+) -> None:
+    """Copy a speech dataset to a local directory or gs:// prefix, verified and resumable.
+
+    \b
+    SOURCE is one of:
+      hf://datasets/OWNER/NAME  a dataset on the Hugging Face hub (token: HF_TOKEN)
+      DIR or gs://BUCKET/PATH   a copy of the hub's parquet layout (CONFIG/SPLIT-*.parquet)
+      MANIFEST.json             a NeMo manifest; its audio files are copied too
+
+    Files are copied in parallel and streamed, each written atomically and checked against
+    the source's size and checksum. A rerun skips the files that check out and redoes the
+    rest; _SUCCESS is written last. OUT receives the files under their relative paths (for a
+    manifest: audio/... and manifest.json) and card.json: source, revision, files, bytes,
+    rows, hours, columns. The card is printed as the last line of stdout.
+
+    \b
+    Examples:
+      asrflow download hf://datasets/MLCommons/peoples_speech --config clean --split train \\
+          --data-root gs://BUCKET/asrflow --workers 16
+      asrflow download hf://datasets/openslr/librispeech_asr --config clean --split test \\
+          --out /data/ls-test-clean
+      asrflow download tests/data/peoples_speech --config clean --split validation --out /tmp/dev
+    """
+    from components.download import core
+    from components.manifest import ManifestError
+
+    columns = core.Columns(
+        id=id_column, audio=audio_column, text=text_column, duration=duration_column or None
+    )
+    try:
+        card = core.download(
+            source,
+            out,
+            data_root=data_root,
+            config=config,
+            split=split,
+            revision=revision,
+            workers=workers,
+            columns=columns,
+            pattern=pattern,
+            dataset=dataset,
+            max_mbps=max_mbps,
+        )
+    except (core.DownloadError, ManifestError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(card, sort_keys=True, ensure_ascii=False))

@@ -1,0 +1,79 @@
+"""The ``download`` KFP component: a thin wrapper over :mod:`components.download.core`."""
+
+from kfp import dsl
+
+from components.images import DATA_IMAGE
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def download(
+    source: str,
+    data_root: str,
+    card: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+    config: str = "",
+    split: str = "train",
+    revision: str = "",
+    out_dir: str = "",
+    workers: int = 8,
+    pattern: str = "",
+    dataset: str = "",
+    id_column: str = "id",
+    audio_column: str = "audio",
+    text_column: str = "text",
+    duration_column: str = "",
+) -> str:
+    """Copy a speech dataset into the data root, verified and resumable.
+
+    The hub token, when the dataset needs one, comes from the ``HF_TOKEN`` environment
+    variable (a Kubernetes Secret); it is never a parameter and never logged.
+
+    Args:
+        source: ``hf://datasets/OWNER/NAME``, a local directory or ``gs://`` prefix with the
+            hub's parquet layout, or a NeMo manifest.
+        data_root: local directory or ``gs://bucket/prefix`` that holds all asrflow data.
+        card: the step's card (source, revision, files, bytes, rows, hours, columns).
+        metrics: hours, rows, files and GB, for the KFP UI.
+        config: dataset config, e.g. ``clean``; empty: the only or default one.
+        split: dataset split: train, validation or test.
+        revision: hub branch, tag or commit (recorded as a commit SHA); empty: main.
+        out_dir: where to write; empty: ``data_root/datasets/<dataset>/<config>/<split>/<revision>/raw``.
+        workers: files copied at once.
+        pattern: glob of data files relative to the source, instead of the dataset card's.
+        dataset: dataset name in the card and the key; empty: from the source.
+        id_column: parquet column with the utterance id.
+        audio_column: parquet column with the audio.
+        text_column: parquet column with the transcript.
+        duration_column: parquet column with the duration; empty: duration_ms or duration
+            when present, else measured from the audio headers.
+
+    Returns:
+        The directory the dataset was written to.
+    """
+    import json
+
+    from components.download import core
+    from components.progress import setup_logging
+
+    setup_logging()
+    result = core.download(
+        source,
+        out_dir or None,
+        data_root=data_root,
+        config=config or None,
+        split=split,
+        revision=revision or None,
+        workers=workers,
+        columns=core.Columns(id_column, audio_column, text_column, duration_column or None),
+        pattern=pattern or None,
+        dataset=dataset or None,
+    )
+    with open(card.path, "w", encoding="utf-8") as out:
+        json.dump(result, out, sort_keys=True, indent=2)
+    card.metadata["uri"] = result["out"]
+    card.metadata["revision"] = result["revision"]
+    metrics.log_metric("hours", result["hours"])
+    metrics.log_metric("rows", result["rows"])
+    metrics.log_metric("files", result["num_files"])
+    metrics.log_metric("gigabytes", round(result["bytes"] / 1e9, 3))
+    return result["out"]
