@@ -473,9 +473,63 @@ def _concatenate(parts: list[str], target: str) -> None:
 # --- the step -----------------------------------------------------------------------------
 
 
+def default_out_dir(input_: str | Mapping[str, Any], plan: Plan) -> str:
+    """``…/raw`` (a download's output) -> ``…/tarred/<N>-shards-seed<S>-<settings>``.
+
+    The key changes with the input and every setting, so a rerun finds its own work and a
+    run with other settings never mixes with it.
+    """
+    uri = input_ if isinstance(input_, str) else str(input_.get("out_dir") or input_.get("root") or "")
+    if storage.basename(uri) == "card.json":
+        uri = storage.parent(uri)
+    if storage.basename(uri) != "raw":
+        raise ShardError(f"{STEP}: give --out (an output directory) for input {uri or '<card>'}")
+    tag = f"{plan.num_shards}-shards-seed{plan.seed}-{plan.settings_id[:8]}"
+    return storage.join(storage.parent(uri), "tarred", tag)
+
+
+def group_specs(input_: str | Mapping[str, Any], max_groups: int, split: str | None = None) -> list[str]:
+    """``"I/G"`` for every group of an input cut into at most ``max_groups`` (one per file at most)."""
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be at least 1, got {max_groups}")
+    count = min(max_groups, len(open_source(input_, split=split).files))
+    return [f"{index}/{count}" for index in range(count)]
+
+
+def _settings(plan: Plan, out_dir: str, groups: int | None, split: str | None) -> dict[str, Any]:
+    """What a group task records so that the merge can rebuild the same plan."""
+    return {
+        "out_dir": out_dir,
+        "num_shards": plan.num_shards,
+        "seed": plan.seed,
+        "groups_requested": groups,
+        "split": split,
+        "rules": plan.rules.as_dict(),
+    }
+
+
+def merge_groups(
+    input_: str | Mapping[str, Any], group_stats: list[dict[str, Any]], max_reject_fraction: float
+) -> dict[str, Any]:
+    """Merge after a fan-out, with the settings the group tasks recorded in their stats."""
+    if not group_stats:
+        raise ShardError(f"{STEP}: nothing to merge (no group stats)")
+    settings = group_stats[0]["settings"]
+    for stats in group_stats[1:]:
+        if stats["settings"] != settings:
+            raise ShardError(
+                f"{STEP}: group {stats['group']} ran with other settings than group "
+                f"{group_stats[0]['group']}: {stats['settings']} vs {settings}"
+            )
+    source = open_source(input_, split=settings["split"])
+    rules = checks.Rules(**settings["rules"])
+    plan = make_plan(source, settings["num_shards"], settings["seed"], rules, settings["groups_requested"])
+    return merge(plan, settings["out_dir"], max_reject_fraction)
+
+
 def write_shards(
     input_: str | Mapping[str, Any],
-    out_dir: str,
+    out_dir: str | None,
     num_shards: int,
     seed: int,
     *,
@@ -491,7 +545,8 @@ def write_shards(
 
     Args:
         input_: a parquet directory, a download card (URI or dict) or a NeMo manifest.
-        out_dir: local directory or ``gs://`` prefix for the shards.
+        out_dir: local directory or ``gs://`` prefix for the shards; None: beside a
+            download's ``raw`` directory (:func:`default_out_dir`).
         num_shards: how many ``audio_<i>.tar`` files to write.
         seed: decides which shard each utterance goes to.
         split: the split to read when the input directory holds several.
@@ -510,6 +565,16 @@ def write_shards(
     source = open_source(input_, split=split)
     plan = make_plan(source, num_shards, seed, rules, groups)
     settings_id = plan.settings_id
+    out_dir = out_dir or default_out_dir(input_, plan)
+    if group is not None:
+        if not 0 <= group < (groups or len(plan.groups)):
+            raise ValueError(f"--group {group} is outside 0..{(groups or len(plan.groups)) - 1}")
+        if group >= len(plan.groups):
+            log.info("%s: group %d has no files (input has %d), nothing to do", STEP, group, len(plan.groups))
+            stats: dict[str, Any] = {"settings_id": settings_id, "group": group, "utterances": 0}
+        else:
+            stats = write_group(plan, group, out_dir)
+        return {**stats, "out_dir": out_dir, "settings": _settings(plan, out_dir, groups, split)}
     if storage.is_complete(out_dir):
         written = storage.read_text(storage.join(out_dir, storage.SUCCESS_MARKER)).strip()
         if written != settings_id:
@@ -519,13 +584,6 @@ def write_shards(
             )
         log.info("%s: %s is complete, nothing to do", STEP, out_dir)
         return cards.read_card(out_dir)
-    if group is not None:
-        if not 0 <= group < (groups or len(plan.groups)):
-            raise ValueError(f"--group {group} is outside 0..{(groups or len(plan.groups)) - 1}")
-        if group >= len(plan.groups):
-            log.info("%s: group %d has no files (input has %d), nothing to do", STEP, group, len(plan.groups))
-            return {"settings_id": settings_id, "group": group, "groups": len(plan.groups), "utterances": 0}
-        return write_group(plan, group, out_dir)
     if not merge_only:
         _write_all_groups(plan, out_dir, workers)
     return merge(plan, out_dir, max_reject_fraction)

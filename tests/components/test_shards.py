@@ -1,0 +1,327 @@
+"""write-shards: NeMo's layout read back by NeMo, named rejects, determinism, kill and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from components import storage
+from components.audio import Rules
+from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
+from components.shard import core
+from components.shard.cli import write_shards as write_shards_command
+from tests.components.shard_inputs import bad_rows, bundled_rows, write_manifest_input, write_parquet
+
+ASRFLOW = str(Path(sys.executable).with_name("asrflow"))
+OUTPUT_FILES = ("tarred_audio_manifest.json", "metadata.yaml", "rejects.jsonl")
+
+
+def dataset_bytes(out: Path) -> dict[str, bytes]:
+    """Every file that must be byte-identical between equivalent runs."""
+    names = sorted(p.name for p in out.glob("audio_*.tar"))
+    names += sorted(f"sharded_manifests/{p.name}" for p in (out / "sharded_manifests").iterdir())
+    names += list(OUTPUT_FILES)
+    return {name: (out / name).read_bytes() for name in names}
+
+
+def bundled_truth(corpus: Path) -> dict[str, dict]:
+    rows = {}
+    for path in sorted((corpus / "clean").glob("*.parquet")):
+        for row in pq.read_table(path, columns=["id", "duration_ms", "text"]).to_pylist():
+            rows[row["id"]] = row
+    return rows
+
+
+def test_layout_is_nemo_tarred(bundled_shards: Path) -> None:
+    assert sorted(p.name for p in bundled_shards.glob("audio_*.tar")) == [f"audio_{i}.tar" for i in range(4)]
+    manifests = [
+        read_manifest(str(bundled_shards / f"sharded_manifests/manifest_{i}.json")) for i in range(4)
+    ]
+    full = read_manifest(str(bundled_shards / "tarred_audio_manifest.json"))
+    assert full == [entry for shard in manifests for entry in shard]
+    for shard_id, entries in enumerate(manifests):
+        with tarfile.open(bundled_shards / f"audio_{shard_id}.tar") as tar:
+            members = tar.getmembers()
+        assert [m.name for m in members] == [e["audio_filepath"] for e in entries]
+        assert {e["shard_id"] for e in entries} == {shard_id}
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+            (0, 0, 0, "", "", 0o644)
+        }
+        assert all("/" not in m.name and m.name.count(".") == 1 for m in members)
+    metadata = yaml.safe_load((bundled_shards / "metadata.yaml").read_text())
+    assert metadata["dataset_config"]["num_shards"] == 4
+    assert metadata["dataset_config"]["shuffle_seed"] == 0
+    assert metadata["num_samples_per_shard"] == 75
+    assert metadata["asrflow"]["utterances"] == 300 and metadata["asrflow"]["rejects_by_reason"] == {}
+    card = json.loads((bundled_shards / "card.json").read_text())
+    assert card["utterances"] == 300 and card["rejected"] == 0
+    assert abs(card["hours"] - sum(e["duration"] for e in full) / 3600) < 1e-5
+    assert (bundled_shards / "_SUCCESS").exists()
+
+
+def test_every_shard_mixes_source_files(bundled_shards: Path) -> None:
+    for shard_id in range(4):
+        entries = read_manifest(str(bundled_shards / f"sharded_manifests/manifest_{shard_id}.json"))
+        recordings = {e["source_id"].split("/")[0] for e in entries}  # one source recording per prefix
+        assert len(recordings) >= 10
+        assert 50 <= len(entries) <= 100  # 300 items hashed into 4 shards
+
+
+def test_nemo_reads_every_utterance_exactly_once(bundled_shards: Path, bundled_corpus: Path) -> None:
+    from nemo.collections.common.data.lhotse.nemo_adapters import LazyNeMoTarredIterator
+
+    iterator = LazyNeMoTarredIterator(
+        manifest_path=str(bundled_shards / "sharded_manifests" / "manifest__OP_0..3_CL_.json"),
+        tar_paths=str(bundled_shards / "audio__OP_0..3_CL_.tar"),
+        shard_seed=0,
+    )
+    truth = bundled_truth(bundled_corpus)
+    seen = Counter()
+    for cut in iterator:
+        source_id = cut.custom["source_id"]
+        seen[source_id] += 1
+        row = truth[source_id]
+        assert cut.supervisions[0].text == normalize_text(row["text"])
+        assert abs(cut.duration - row["duration_ms"] / 1000) < 0.01
+        audio = cut.load_audio()
+        assert audio.shape == (1, round(cut.duration * 16000)) and cut.sampling_rate == 16000
+    assert seen == Counter({source_id: 1 for source_id in truth})
+
+
+def test_bad_inputs_get_named_reasons_and_nothing_valid_is_lost(tmp_path: Path, bundled_corpus: Path) -> None:
+    valid = bundled_rows(bundled_corpus, 40)
+    bad = bad_rows(valid)
+    write_parquet(valid[:20] + bad + valid[20:], tmp_path / "in" / "train-00000-of-00001.parquet")
+    rules = Rules(min_duration=0.1, max_duration=15.0, resample=False)
+    with pytest.raises(RejectThresholdExceeded) as failure:
+        core.write_shards(str(tmp_path / "in"), str(tmp_path / "strict"), 3, 7, rules=rules)
+    assert "write-shards: rejected 9 of 51 items as faulty (17.6% > --max-reject-fraction 1.0%)" in str(
+        failure.value
+    )
+    assert "audio_corrupt: 1" in str(failure.value) and str(tmp_path / "strict" / "rejects.jsonl") in str(
+        failure.value
+    )
+    assert not (tmp_path / "strict" / "_SUCCESS").exists()
+
+    card = core.write_shards(
+        str(tmp_path / "in"), str(tmp_path / "out"), 3, 7, rules=rules, max_reject_fraction=0.5
+    )
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["reason"]) for r in rejects) == sorted((r.id, r.reason) for r in bad)
+    assert all(
+        r["source"].endswith(f"train-00000-of-00001.parquet:row {20 + i}") for i, r in enumerate(rejects)
+    )
+    kept = read_manifest(str(tmp_path / "out" / "tarred_audio_manifest.json"))
+    assert sorted(e["source_id"] for e in kept) == sorted(r.id for r in valid)
+    assert {e["source_id"]: e["text"] for e in kept} == {r.id: normalize_text(r.text) for r in valid}
+    assert card["rejects_by_reason"] == dict(Counter(r.reason for r in bad))
+    assert (card["utterances"], card["rejected"], card["filtered"], card["faulty"]) == (40, 11, 2, 9)
+    metadata = yaml.safe_load((tmp_path / "out" / "metadata.yaml").read_text())
+    assert metadata["asrflow"]["rejects_by_reason"] == card["rejects_by_reason"]
+    assert metadata["dataset_config"]["max_duration"] == 15.0
+
+
+def test_resampling_and_full_decode(tmp_path: Path, bundled_corpus: Path) -> None:
+    import io
+
+    import soundfile as sf
+
+    valid = bundled_rows(bundled_corpus, 12)
+    bad = {row.id: row for row in bad_rows(valid)}
+    truncated = valid[9].audio[: len(valid[9].audio) * 6 // 10]
+    rows = valid[:9] + [bad["bad/8khz"], bad["bad/stereo"]]
+    rows.append(type(valid[9])("trunc", truncated, valid[9].duration_ms, valid[9].text))
+    write_parquet(rows, tmp_path / "in" / "train-00000-of-00001.parquet")
+    out = tmp_path / "resampled"
+    core.write_shards(str(tmp_path / "in"), str(out), 2, 0, max_reject_fraction=0.0)
+    entries = {e["source_id"]: e for e in read_manifest(str(out / "tarred_audio_manifest.json"))}
+    assert len(entries) == 12  # the header check trusts the truncated file's frame count
+    for source_id in ("bad/8khz", "bad/stereo"):
+        entry = entries[source_id]
+        with tarfile.open(out / f"audio_{entry['shard_id']}.tar") as tar:
+            data = tar.extractfile(entry["audio_filepath"]).read()
+        info = sf.info(io.BytesIO(data))
+        assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+        assert entry["duration"] == info.frames / 16000
+        assert abs(entry["duration"] - valid[0].duration_ms / 1000) < 0.01
+    full = core.write_shards(
+        str(tmp_path / "in"),
+        str(tmp_path / "full"),
+        2,
+        0,
+        rules=Rules(full_decode=True),
+        max_reject_fraction=0.1,
+    )
+    assert full["rejects_by_reason"] == {"audio_corrupt": 1}
+    reject = json.loads((tmp_path / "full" / "rejects.jsonl").read_text())
+    assert reject["id"] == "trunc" and "flac decoder lost sync" in reject["detail"]
+
+
+def test_manifest_input(tmp_path: Path, bundled_corpus: Path) -> None:
+    rows = bundled_rows(bundled_corpus, 20)
+    extra = [b"{not json", b'{"audio_filepath": "wavs/none.flac", "duration": 1, "text": "x"}']
+    manifest = write_manifest_input(rows, tmp_path / "set", extra)
+    card = core.write_shards(str(manifest), str(tmp_path / "out"), 2, 0, max_reject_fraction=0.2)
+    assert card["rejects_by_reason"] == {"audio_missing": 1, "manifest_malformed": 1}
+    entries = read_manifest(str(tmp_path / "out" / "tarred_audio_manifest.json"))
+    assert sorted(e["source_id"] for e in entries) == [f"wavs/utt{i:03d}" for i in range(20)]
+    assert all(e["speaker"] == int(e["source_id"][-3:]) % 3 for e in entries)  # extra keys kept
+    assert {e["audio_filepath"] for e in entries} == {f"wavs_utt{i:03d}.flac" for i in range(20)}
+
+
+def test_missing_column_is_a_clear_error(tmp_path: Path, bundled_corpus: Path) -> None:
+    table = pq.read_table(bundled_corpus / "clean" / "train-00002-of-00004.parquet").drop_columns(["audio"])
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "train-00000-of-00001.parquet")
+    result = CliRunner().invoke(
+        write_shards_command, [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--num-shards", "2"]
+    )
+    assert result.exit_code == 1
+    assert "train-00000-of-00001.parquet: no column 'audio' (it has id, duration_ms, text" in result.output
+
+
+def test_reject_threshold_failure_from_the_cli(tmp_path: Path, bundled_corpus: Path) -> None:
+    valid = bundled_rows(bundled_corpus, 30)
+    write_parquet(valid + bad_rows(valid)[:2], tmp_path / "in" / "train-00000-of-00001.parquet")
+    args = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--num-shards", "2", "--workers", "1"]
+    result = CliRunner().invoke(write_shards_command, args)
+    assert result.exit_code == 1
+    assert "Error: write-shards: rejected 2 of 32 items as faulty (6.2% > --max-reject-fraction 1.0%)" in (
+        result.output
+    )
+    assert "by reason: audio_corrupt: 1, audio_empty: 1" in result.output
+    assert (tmp_path / "out" / "rejects.jsonl").exists() and not (tmp_path / "out" / "_SUCCESS").exists()
+    result = CliRunner().invoke(write_shards_command, [*args, "--max-reject-fraction", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["utterances"] == 30
+
+
+def test_same_input_and_seed_give_the_same_bytes(
+    tmp_path: Path, bundled_corpus: Path, bundled_shards: Path
+) -> None:
+    again = tmp_path / "again"
+    core.write_shards(str(bundled_corpus / "clean"), str(again), 4, 0)
+    assert dataset_bytes(again) == dataset_bytes(bundled_shards)
+    other_seed = tmp_path / "seed1"
+    core.write_shards(str(bundled_corpus / "clean"), str(other_seed), 4, 1)
+    assert dataset_bytes(other_seed)["audio_0.tar"] != dataset_bytes(bundled_shards)["audio_0.tar"]
+
+
+def test_fan_out_and_merge_equal_one_run(tmp_path: Path, bundled_corpus: Path) -> None:
+    source = str(bundled_corpus / "clean")
+    single = tmp_path / "single"
+    core.write_shards(source, str(single), 5, 3, groups=2, workers=2)
+    fan = tmp_path / "fan"
+    specs = core.group_specs(source, 2)
+    assert specs == ["0/2", "1/2"]
+    cards = []
+    for spec in reversed(specs):  # order does not matter
+        index, count = map(int, spec.split("/"))
+        cards.append(core.write_shards(source, str(fan), 5, 3, groups=count, group=index))
+    assert not (fan / "_SUCCESS").exists()
+    assert [c["shards"] for c in cards] == [[2, 5], [0, 2]]
+    merged = core.merge_groups(source, cards, 0.01)
+    assert dataset_bytes(fan) == dataset_bytes(single)
+    assert merged["utterances"] == 300 and merged["groups"] == 2
+    # the CLI form of the same fan-out
+    cli = tmp_path / "cli"
+    for spec in specs:
+        result = CliRunner().invoke(
+            write_shards_command,
+            [source, "--out", str(cli), "--num-shards", "5", "--seed", "3", "--group", spec],
+        )
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        write_shards_command,
+        [source, "--out", str(cli), "--num-shards", "5", "--seed", "3", "--groups", "2", "--merge"],
+    )
+    assert result.exit_code == 0, result.output
+    assert dataset_bytes(cli) == dataset_bytes(single)
+
+
+def test_rerun_of_a_finished_dataset_and_a_clash_of_settings(tmp_path: Path, bundled_corpus: Path) -> None:
+    out = tmp_path / "out"
+    first = core.write_shards(str(bundled_corpus / "clean"), str(out), 2, 0)
+    stamp = (out / "audio_0.tar").stat().st_mtime_ns
+    assert core.write_shards(str(bundled_corpus / "clean"), str(out), 2, 0) == first
+    assert (out / "audio_0.tar").stat().st_mtime_ns == stamp
+    with pytest.raises(
+        core.ShardError, match="already holds a finished dataset made with other input or settings"
+    ):
+        core.write_shards(str(bundled_corpus / "clean"), str(out), 2, 1)
+
+
+def test_kill_and_rerun_gives_the_same_bytes(tmp_path: Path, bundled_corpus: Path) -> None:
+    source = str(bundled_corpus / "clean")
+    reference = tmp_path / "reference"
+    core.write_shards(source, str(reference), 4, 0, groups=2)
+    out = tmp_path / "killed"
+    command = [ASRFLOW, "write-shards", source, "--out", str(out), "--num-shards", "4", "--groups", "2"]
+    command += ["--workers", "1"]
+    env = {**os.environ, core.DELAY_ENV: "0.02"}  # about 3 s a group
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_marker = out / core.GROUPS_DIR / "group_00000_of_00002.json"
+    deadline = time.monotonic() + 120
+    while not first_marker.exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the first group never finished"
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the second group
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert not (out / "_SUCCESS").exists()
+    assert not (out / core.GROUPS_DIR / "group_00001_of_00002.json").exists()
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(storage.TEMP_PREFIX)]
+    assert leftovers, "the killed run should have been writing a shard"
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "group_00000_of_00002 already written, skipped" in rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["utterances"] == 300
+    assert dataset_bytes(out) == dataset_bytes(reference)
+    assert not [p for p in out.rglob(f"{storage.TEMP_PREFIX}*")]
+
+
+def test_gcs_input_and_output(gcs_bucket: str, tmp_path: Path, bundled_corpus: Path) -> None:
+    for name in ("train-00000-of-00004.parquet", "train-00001-of-00004.parquet"):
+        storage.upload_file(bundled_corpus / "clean" / name, f"{gcs_bucket}/raw/{name}")
+    out = f"{gcs_bucket}/tarred"
+    card = core.write_shards(f"{gcs_bucket}/raw", out, 2, 0)
+    assert card["utterances"] == 150 and storage.is_complete(out)
+    local_in = tmp_path / "in"
+    local_in.mkdir()
+    for name in ("train-00000-of-00004.parquet", "train-00001-of-00004.parquet"):
+        (local_in / name).write_bytes((bundled_corpus / "clean" / name).read_bytes())
+    local_out = tmp_path / "out"
+    core.write_shards(str(local_in), str(local_out), 2, 0)
+    for name in ("audio_0.tar", "audio_1.tar", "sharded_manifests/manifest_1.json"):
+        local = (local_out / name).read_bytes()
+        remote = storage.read_bytes(f"{out}/{name}")
+        # source ids and bytes agree; only the input URI differs (it is not in shards or manifests)
+        assert remote == local
+
+
+def test_default_out_dir_is_beside_the_download(tmp_path: Path, bundled_corpus: Path) -> None:
+    raw = tmp_path / "datasets" / "ps" / "clean" / "train" / "abc123" / "raw"
+    raw.mkdir(parents=True)
+    name = "train-00003-of-00004.parquet"
+    (raw / name).write_bytes((bundled_corpus / "clean" / name).read_bytes())
+    (raw / "card.json").write_text(json.dumps({"files": [name], "format": "parquet"}))
+    card = core.write_shards(str(raw), None, 2, 5)
+    out = Path(card["out_dir"])
+    assert out.parent == raw.parent / "tarred" and out.name.startswith("2-shards-seed5-")
+    assert (out / "_SUCCESS").exists()
+    with pytest.raises(core.ShardError, match="give --out"):
+        core.write_shards(str(bundled_corpus / "clean"), None, 2, 5)

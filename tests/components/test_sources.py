@@ -1,0 +1,226 @@
+"""components.sources: resolving INPUTs, streaming items, grouping, exporting eval manifests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from components import sources, storage
+from components.audio import Refusal, Rules, check
+from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
+from tests.components.shard_inputs import bundled_rows, write_manifest_input, write_parquet
+
+
+def test_directory_of_parquet(bundled_corpus: Path) -> None:
+    source = sources.open_source(str(bundled_corpus / "clean"))
+    assert source.format == sources.PARQUET
+    assert [Path(f.uri).name for f in source.files] == [f"train-0000{i}-of-00004.parquet" for i in range(4)]
+    items = list(sources.iter_items(source))
+    assert len(items) == sources.count_rows(source) == 300
+    assert len({item.id for item in items}) == 300
+    first = items[0]
+    assert isinstance(first, sources.Item)
+    assert first.source.endswith("train-00000-of-00004.parquet:row 0")
+    assert isinstance(first.text, bytes) and first.text.decode()  # raw bytes, checked later
+    assert first.duration is not None and 1.0 < first.duration < 10.0
+    assert sf.info(__import__("io").BytesIO(first.audio)).samplerate == 16000
+
+
+def test_interleaving_mixes_files_in_a_fixed_order(bundled_corpus: Path) -> None:
+    source = sources.open_source(str(bundled_corpus / "clean"))
+    order = [item.source for item in sources.iter_items(source, interleave=4, batch_rows=5)]
+    files_of_first_20 = [s.split(":row")[0][-22:] for s in order[:20]]
+    assert files_of_first_20 == [f"train-0000{i}-of-00004.parquet"[-22:] for i in range(4) for _ in range(5)]
+    assert order == [item.source for item in sources.iter_items(source, interleave=4, batch_rows=5)]
+    assert sorted(order) == sorted(item.source for item in sources.iter_items(source))
+
+
+def test_directory_with_several_splits_needs_split(tmp_path: Path, bundled_corpus: Path) -> None:
+    shutil.copy(bundled_corpus / "clean" / "train-00000-of-00004.parquet", tmp_path)
+    shutil.copy(bundled_corpus / "validation" / "validation-00000-of-00001.parquet", tmp_path)
+    with pytest.raises(
+        sources.SourceError, match="holds the splits train, validation; choose one with --split"
+    ):
+        sources.open_source(str(tmp_path))
+    chosen = sources.open_source(str(tmp_path), split="validation")
+    assert [Path(f.uri).name for f in chosen.files] == ["validation-00000-of-00001.parquet"]
+    with pytest.raises(sources.SourceError, match="no parquet files for split 'test'"):
+        sources.open_source(str(tmp_path), split="test")
+
+
+def test_missing_input_and_missing_column_are_clear_errors(tmp_path: Path, bundled_corpus: Path) -> None:
+    with pytest.raises(sources.SourceError, match="no such directory, manifest or card"):
+        sources.open_source(str(tmp_path / "nothing"))
+    table = pq.read_table(bundled_corpus / "clean" / "train-00000-of-00004.parquet").drop_columns(["text"])
+    bad = tmp_path / "in" / "train-00000-of-00001.parquet"
+    bad.parent.mkdir()
+    pq.write_table(table, bad)
+    with pytest.raises(
+        sources.SourceError, match=r"train-00000-of-00001\.parquet: no column 'text' \(it has"
+    ):
+        list(sources.iter_items(sources.open_source(str(bad.parent))))
+
+
+def test_card_as_dict_and_as_file_with_column_mapping(tmp_path: Path, bundled_corpus: Path) -> None:
+    # a LibriSpeech-like layout: other column names, no duration column
+    table = pq.read_table(bundled_corpus / "validation" / "validation-00000-of-00001.parquet")
+    renamed = table.rename_columns(["file", "sound", "duration_ms", "sentence"]).drop_columns(["duration_ms"])
+    raw = tmp_path / "raw"
+    (raw / "data").mkdir(parents=True)
+    pq.write_table(renamed, raw / "data" / "part-0.parquet")
+    card = {
+        "files": ["data/part-0.parquet"],
+        "format": "parquet",
+        "columns": {"id": "file", "audio": "sound", "text": "sentence", "duration": None},
+    }
+    (raw / "card.json").write_text(json.dumps(card))
+    for given in (str(raw), str(raw / "card.json"), {**card, "out_dir": str(raw)}):
+        source = sources.open_source(given)
+        assert source.columns == sources.Columns(id="file", audio="sound", text="sentence", duration=None)
+        items = list(sources.iter_items(source))
+        assert len(items) == 60 and all(item.duration is None for item in items)
+        assert items[0].id == table.column("id")[0].as_py()
+    # the pipeline's spelling of the mapping: <role>_column keys, "" for none
+    flat = {"files": card["files"], "format": "parquet", "out_dir": str(raw), "id_column": "file"}
+    flat.update({"audio_column": "sound", "text_column": "sentence", "duration_column": ""})
+    assert sources.open_source(flat).columns.duration == ""
+    assert len(list(sources.iter_items(sources.open_source(flat)))) == 60
+
+
+def test_manifest_input_resolves_relative_paths_and_names_bad_lines(
+    tmp_path: Path, bundled_corpus: Path
+) -> None:
+    rows = bundled_rows(bundled_corpus, 4)
+    absolute = tmp_path / "elsewhere.flac"
+    absolute.write_bytes(rows[0].audio)
+    extra = [
+        b"",  # blank lines are skipped
+        b'{"audio_filepath": "wavs/utt000.flac", "text": "no closing brace"',
+        b'{"audio_filepath": "wavs/missing.flac", "duration": 1.0, "text": "gone"}',
+        json.dumps({"audio_filepath": str(absolute), "duration": 2.0, "text": "absolute"}).encode(),
+        b'{"audio_filepath": "wavs/utt001.flac", "duration": 2.0, "text": "caf\xe9"}',
+        b'["a list"]',
+        b'{"audio_filepath": "wavs/utt002.flac", "duration": "long", "text": "x"}',
+        json.dumps(
+            {"audio_filepath": "wavs/utt003.flac", "offset": 0.5, "duration": 0.75, "text": "cut"}
+        ).encode(),
+    ]
+    manifest = write_manifest_input(rows, tmp_path / "set", extra)
+    source = sources.open_source(str(manifest))
+    assert source.format == sources.MANIFEST
+    items = list(sources.iter_items(source))
+    good = [item for item in items if isinstance(item, sources.Item)]
+    bad = {item.source.rsplit(":", 1)[1]: item for item in items if isinstance(item, sources.Bad)}
+    assert [item.id for item in good[:4]] == [f"wavs/utt00{i}" for i in range(4)]
+    assert good[0].extra == {"speaker": 0} and good[0].audio == rows[0].audio
+    assert good[0].duration == rows[0].duration_ms / 1000
+    assert {line: (b.reason, b.detail.split(" (")[0]) for line, b in bad.items()} == {
+        "line 6": ("manifest_malformed", "not valid JSON"),
+        "line 7": ("audio_missing", f"no such file: {tmp_path / 'set' / 'wavs' / 'missing.flac'}"),
+        "line 10": ("manifest_malformed", "not a JSON object but list"),
+        "line 11": ("manifest_malformed", "field duration must be a number of seconds"),
+    }
+    by_text = {item.text: item for item in good}
+    assert by_text["absolute"].audio == rows[0].audio
+    assert isinstance(
+        check(None, by_text[next(t for t in by_text if "caf" in t)].text, None, Rules()), Refusal
+    )
+    cut = by_text["cut"]
+    assert cut.id == "wavs/utt003-0.50"
+    assert sf.info(__import__("io").BytesIO(cut.audio)).frames == 12000  # 0.75 s at 16 kHz
+
+
+def test_split_groups_is_balanced_and_deterministic() -> None:
+    files = [storage.FileInfo(f"f{i:02d}", size) for i, size in enumerate([90, 10, 40, 40, 30, 30, 20, 20])]
+    groups = sources.split_groups(files, 3)
+    assert groups == sources.split_groups(list(reversed(files)), 3)
+    assert sorted(f.uri for g in groups for f in g) == [f.uri for f in files]
+    loads = sorted(sum(f.size for f in g) for g in groups)
+    assert loads == [90, 90, 100]
+    assert all([f.uri for f in g] == sorted(f.uri for f in g) for g in groups)
+    assert len(sources.split_groups(files[:2], 5)) == 2
+
+
+def test_member_stem_is_safe_for_tars_and_nemo() -> None:
+    assert sources.member_stem("a/b.c/d e.flac") == "a_b_c_d_e"
+    assert sources.member_stem("x" * 500) != sources.member_stem("x" * 499)
+    assert len(sources.member_stem("x" * 500)) == sources.MAX_MEMBER_STEM
+
+
+def test_export_manifest_of_the_bundled_validation_split(
+    bundled_eval_manifest: Path, bundled_corpus: Path
+) -> None:
+    entries = read_manifest(str(bundled_eval_manifest))
+    table = pq.read_table(bundled_corpus / "validation" / "validation-00000-of-00001.parquet").to_pylist()
+    assert len(entries) == len(table) == 60
+    for entry, row in zip(entries, table, strict=True):
+        path = bundled_eval_manifest.parent / entry["audio_filepath"]
+        info = sf.info(path)
+        assert (info.format, info.samplerate, info.channels) == ("FLAC", 16000, 1)
+        assert entry["duration"] == info.frames / 16000
+        assert abs(entry["duration"] - row["duration_ms"] / 1000) < 0.01
+        assert entry["text"] == normalize_text(row["text"]) and entry["source_id"] == row["id"]
+    assert (bundled_eval_manifest.parent / "_SUCCESS").exists()
+    # a finished export is returned as it is
+    assert sources.export_manifest(
+        str(bundled_corpus / "validation"), str(bundled_eval_manifest.parent)
+    ) == str(bundled_eval_manifest)
+
+
+def test_export_manifest_converts_and_rejects(tmp_path: Path, bundled_corpus: Path) -> None:
+    from tests.components.shard_inputs import bad_rows
+
+    valid = bundled_rows(bundled_corpus, 12)
+    rows = valid + bad_rows(valid)
+    write_parquet(rows, tmp_path / "in" / "test-00000-of-00001.parquet")
+    with pytest.raises(RejectThresholdExceeded, match=r"export-manifest: rejected 7 of 23 items"):
+        sources.export_manifest(str(tmp_path / "in"), str(tmp_path / "strict"))
+    assert not (tmp_path / "strict" / "_SUCCESS").exists()
+    manifest = sources.export_manifest(str(tmp_path / "in"), str(tmp_path / "out"), max_reject_fraction=0.5)
+    entries = read_manifest(manifest)
+    kept = {entry["source_id"] for entry in entries}
+    # no duration filter for evaluation: long and short audio are kept; 8 kHz and stereo converted
+    assert kept == {r.id for r in valid} | {"bad/8khz", "bad/stereo", "bad/too-long", "bad/too-short"}
+    for entry in entries:
+        info = sf.info(tmp_path / "out" / entry["audio_filepath"])
+        assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["reason"]) for r in rejected) == sorted(
+        (r.id, r.reason)
+        for r in rows[len(valid) :]
+        if r.reason not in ("sample_rate", "channels", "too_long", "too_short")
+    )
+
+
+def test_gcs_parquet_input(gcs_bucket: str, bundled_corpus: Path) -> None:
+    local = bundled_corpus / "clean" / "train-00001-of-00004.parquet"
+    uri = f"{gcs_bucket}/ps/clean/{local.name}"
+    storage.upload_file(local, uri)
+    source = sources.open_source(f"{gcs_bucket}/ps/clean")
+    assert [f.uri for f in source.files] == [uri]
+    remote = [(i.id, i.audio, i.text) for i in sources.iter_items(source)]
+    here = [
+        (i.id, i.audio, i.text)
+        for i in sources.iter_items(
+            sources.open_source(str(local.parent)), [storage.FileInfo(str(local), local.stat().st_size)]
+        )
+    ]
+    assert remote == here and len(remote) == 75
+
+
+def test_binary_text_column_is_decoded_per_row(tmp_path: Path, bundled_corpus: Path) -> None:
+    table = pq.read_table(bundled_corpus / "validation" / "validation-00000-of-00001.parquet").slice(0, 3)
+    texts = pa.array([b"ok", b"\xff\xfe", None], pa.binary())
+    table = table.set_column(3, "text", texts)
+    pq.write_table(table, tmp_path / "x.parquet")
+    items = list(sources.iter_items(sources.open_source(str(tmp_path))))
+    assert [check(i.audio, i.text, i.duration, Rules()) for i in items][1:] == [
+        Refusal("text_not_utf8", "byte 0: invalid start byte"),
+        Refusal("text_empty", "no text"),
+    ]
