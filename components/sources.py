@@ -42,6 +42,7 @@ PARQUET = "parquet"
 MANIFEST = "manifest"
 FORMATS = (PARQUET, MANIFEST)
 BATCH_ROWS = 64
+DURATION_COLUMNS = ("duration_ms", "duration")
 PARQUET_BUFFER_BYTES = 4 * 1024 * 1024
 MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest")
 _HUB_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-\d{5}-of-\d{5}\.parquet$")
@@ -62,17 +63,33 @@ class Columns:
         id: the utterance id column; None makes ids from the file name and row.
         audio: a struct column with a ``bytes`` field (the hub's Audio feature) or a binary column.
         text: the transcript column (string or binary).
-        duration: a duration column, in milliseconds when its name ends with ``_ms``, else
-            seconds; None when the dataset has none (it is measured from the audio anyway).
+        duration: a duration column; None or "": ``duration_ms`` or ``duration`` when the
+            file has one (the duration is measured from the audio anyway, and checked
+            against this one).
+        duration_unit: "ms" or "s"; None: milliseconds when the column name ends with ``_ms``.
     """
 
     id: str | None = "id"
     audio: str = "audio"
     text: str = "text"
-    duration: str | None = "duration_ms"
+    duration: str | None = None
+    duration_unit: str | None = None
+
+    def resolve(self, names: Sequence[str]) -> Columns:
+        """These columns for a file with columns ``names``: the duration column picked."""
+        if self.duration:
+            return self
+        found = next((name for name in DURATION_COLUMNS if name in names), None)
+        return dataclasses.replace(self, duration=found)
 
     def needed(self) -> list[str]:
         return [name for name in (self.id, self.audio, self.text, self.duration) if name]
+
+    def duration_scale(self) -> float:
+        unit = self.duration_unit or ("ms" if (self.duration or "").endswith("_ms") else "s")
+        if unit not in ("ms", "s"):
+            raise SourceError(f"duration unit must be ms or s, got {unit!r}")
+        return 0.001 if unit == "ms" else 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +166,7 @@ def open_source(input_: str | Mapping[str, Any], split: str | None = None) -> So
     if storage.exists(card_uri):
         card = _read_json(card_uri)
         if "files" in card:
-            return _from_card(card, base=_card_base(card, uri), uri=card_uri, split=split)
+            return _from_card(card, base=uri, uri=card_uri, split=split)
     try:
         files = storage.list_files(uri, suffix=".parquet")
     except FileNotFoundError:
@@ -211,8 +228,10 @@ def _columns_from_card(card: Mapping[str, Any]) -> Columns:
     if not isinstance(mapping, Mapping):
         raise SourceError(f"card: columns must be an object, got {mapping!r}")
     defaults = dataclasses.asdict(Columns())
-    chosen = {}
+    chosen = {"duration_unit": card.get("duration_unit")}
     for role, default in defaults.items():
+        if role == "duration_unit":
+            continue
         if role in mapping:
             chosen[role] = mapping[role]
         elif f"{role}_column" in card:
@@ -345,6 +364,7 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
 
     with _parquet_file(uri) as parquet:
         schema = parquet.schema_arrow
+        columns = columns.resolve(schema.names)
         missing = [name for name in columns.needed() if name not in schema.names]
         if missing:
             raise SourceError(
@@ -358,7 +378,7 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
         is_binary = pa.types.is_binary(audio_type) or pa.types.is_large_binary(audio_type)
         if not audio_is_struct and not is_binary:
             raise SourceError(f"{uri}: column {columns.audio!r} has type {audio_type}, not audio bytes")
-        scale = 0.001 if columns.duration and columns.duration.endswith("_ms") else 1.0
+        scale = columns.duration_scale()
         stem = storage.basename(uri).rsplit(".", 1)[0]
         row = 0
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns.needed(), use_threads=False):

@@ -325,3 +325,25 @@ def test_default_out_dir_is_beside_the_download(tmp_path: Path, bundled_corpus: 
     assert (out / "_SUCCESS").exists()
     with pytest.raises(core.ShardError, match="give --out"):
         core.write_shards(str(bundled_corpus / "clean"), None, 2, 5)
+
+
+def test_inputs_from_the_download_step(tmp_path: Path, bundled_corpus: Path, bundled_shards: Path) -> None:
+    from components.download.core import download
+
+    raw = tmp_path / "parquet" / "raw"
+    download(str(bundled_corpus), str(raw), config="clean", split="train", workers=2)
+    card = core.write_shards(str(raw), str(tmp_path / "from_card"), 4, 0)
+    assert card["input"] == str(raw / "card.json") and card["utterances"] == 300
+    # the same rows and seed as the bundled directory: the same shards
+    assert (
+        dataset_bytes(tmp_path / "from_card")["audio_3.tar"] == dataset_bytes(bundled_shards)["audio_3.tar"]
+    )
+
+    rows = bundled_rows(bundled_corpus, 10)
+    manifest = write_manifest_input(rows, tmp_path / "nemo", [])
+    raw_manifest = tmp_path / "manifest" / "raw"
+    download(str(manifest), str(raw_manifest), workers=2)
+    card = core.write_shards(str(raw_manifest), None, 2, 0)
+    entries = read_manifest(str(Path(card["out_dir"]) / "tarred_audio_manifest.json"))
+    assert sorted(e["text"] for e in entries) == sorted(normalize_text(r.text) for r in rows)
+    assert Path(card["out_dir"]).parent == raw_manifest.parent / "tarred"
