@@ -346,8 +346,31 @@ def hash_uri(uri: str, algorithm: str, size: int) -> str:
     return digest.hexdigest()
 
 
+CHECKSUM_METADATA = "asrflow-source-"
+
+
+def _gcs_metadata(uri: str) -> dict[str, str]:
+    bucket, name = storage.split_gcs(uri)
+    blob = storage.gcs_client().bucket(bucket).get_blob(name)
+    return dict(blob.metadata or {}) if blob is not None else {}
+
+
+def record_checksum(uri: str, file: SourceFile) -> None:
+    """Note the source checksum on a GCS object that GCS cannot check itself (SHA-256, git),
+    so a rerun verifies it without reading the object back. GCS checked the upload's CRC32C
+    against the local file, and the local file was checked against this checksum."""
+    bucket, name = storage.split_gcs(uri)
+    blob = storage.gcs_client().bucket(bucket).blob(name)
+    blob.metadata = {CHECKSUM_METADATA + file.algorithm: file.digest}
+    blob.patch()
+
+
 def is_complete_copy(uri: str, file: SourceFile) -> bool:
-    """True when ``uri`` holds exactly ``file``: same size and same checksum."""
+    """True when ``uri`` holds exactly ``file``: same size and same checksum.
+
+    Uses the checksums GCS keeps (MD5, CRC32C) or one recorded by :func:`record_checksum`
+    where they fit; otherwise reads the file and hashes it.
+    """
     info = storage.stat(uri)
     if info is None or info.size != file.size:
         return False
@@ -355,6 +378,10 @@ def is_complete_copy(uri: str, file: SourceFile) -> bool:
         return info.md5 == file.digest
     if file.algorithm == "crc32c" and info.crc32c is not None:
         return info.crc32c == file.digest
+    if storage.is_gcs(uri):
+        recorded = _gcs_metadata(uri).get(CHECKSUM_METADATA + file.algorithm)
+        if recorded is not None:
+            return recorded == file.digest
     return hash_uri(uri, file.algorithm, file.size) == file.digest
 
 
@@ -394,6 +421,9 @@ def plan_tree(
     paths = sorted(listing)
     config = config or choose_config(None if pattern else configs, paths)
     chosen = select_files(paths, config, split, configs, pattern)
+    if not storage.is_gcs(source):
+        megabytes = sum(listing[p].size for p in chosen) / MB
+        log.info("download: checksumming %d local files (%.1f MB)", len(chosen), megabytes)
     files = parallel_map(lambda p: _checksummed(p, listing[p]), chosen, workers)
     computed = content_revision(files)
     if revision and revision != computed:
@@ -615,6 +645,7 @@ class _Copier:
     plan: Plan
     out: str
     transfer: Transfer
+    columns: Columns
     token: str | None = None
 
     def target(self, file: SourceFile) -> str:
@@ -641,6 +672,8 @@ class _Copier:
             self._check_placed(file, target)
         else:
             self._stream(file, target)
+        if self.plan.format == PARQUET:
+            check_schema(target, self.columns)  # fail on the first file, not after the last
         self.transfer.file_done()
 
     def _stream(self, file: SourceFile, target: str) -> None:
@@ -692,7 +725,7 @@ class _Copier:
         if storage.is_gcs(target):
             storage.upload_file(staged, target)
             os.unlink(staged)
-            self._check_placed(file, target)
+            record_checksum(target, file)
         else:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(staged, target)
@@ -759,6 +792,21 @@ def _audio_seconds(value: Any) -> float | None:
         return float(soundfile.info(io.BytesIO(data)).duration)
     except (RuntimeError, soundfile.LibsndfileError):
         return None
+
+
+def check_schema(uri: str, columns: Columns) -> list[str]:
+    """The column names of a parquet file (its footer only); a missing column is an error
+    naming the file, the column and the columns there are."""
+    import pyarrow.parquet as pq
+
+    with storage.open_read(uri) as stream:
+        names = list(pq.ParquetFile(stream).schema_arrow.names)
+    for role, name in (("id", columns.id), ("audio", columns.audio), ("text", columns.text)):
+        if name not in names:
+            raise DownloadError(_missing_column(uri, role, name, names))
+    if columns.duration is not None and columns.duration not in names:
+        raise DownloadError(_missing_column(uri, "duration", columns.duration, names))
+    return names
 
 
 def parquet_stats(uri: str, columns: Columns, duration_column: str | None) -> FileStats:
@@ -869,11 +917,13 @@ def download(
         plan.source, plan.dataset, plan.config, plan.split, plan.revision,
         len(plan.files), total_bytes / MB, out,
     )  # fmt: skip
+    if plan.format == PARQUET and plan.kind != "hub":
+        check_schema(plan.files[0].uri, columns)
     storage.makedirs(out)
     stale = remove_stale_temporaries(out)
     if stale:
         log.info("download: removed %d temporary file(s) left by an earlier run", stale)
-    copier = _Copier(plan, out, Transfer(0, 0, max_mbps), token)
+    copier = _Copier(plan, out, Transfer(0, 0, max_mbps), columns, token)
     complete = parallel_map(lambda f: is_complete_copy(copier.target(f), f), plan.files, workers)
     todo = [f for f, done in zip(plan.files, complete, strict=True) if not done]
     log.info(
@@ -888,7 +938,7 @@ def download(
             disable_progress_bars()
         parallel_map(copier.copy, todo, workers)
         log.info(copier.transfer.line(final=True))
-    if plan.kind == "hub" and not storage.is_gcs(out):
+    if plan.kind == "hub":
         shutil.rmtree(copier.staging(), ignore_errors=True)
     if plan.entries is not None:
         manifest.write_manifest(storage.join(out, MANIFEST_NAME), plan.entries)
@@ -922,12 +972,8 @@ def _card(plan: Plan, out: str, columns: Columns, workers: int) -> dict[str, Any
             duration_unit="s",
         )
         return card
-    import pyarrow.parquet as pq
-
     first = storage.join(out, *plan.files[0].path.split("/"))
-    with storage.open_read(first) as stream:
-        names = pq.ParquetFile(stream).schema_arrow.names
-    duration_column = choose_duration_column(names, columns, first)
+    duration_column = choose_duration_column(check_schema(first, columns), columns, first)
     stats = parallel_map(
         lambda f: parquet_stats(storage.join(out, *f.path.split("/")), columns, duration_column),
         plan.files,

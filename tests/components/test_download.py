@@ -372,6 +372,14 @@ def test_missing_column_is_named(tmp_path: Path) -> None:
     )
     assert "the file has columns id, audio, duration_ms" in message
     assert not storage.is_complete(str(tmp_path / "out"))
+    # A wrong mapping fails on the source's first file, before anything is copied.
+    with pytest.raises(
+        core.DownloadError, match=r"src/clean/train-00000-of-00002.parquet: no column 'sentence'"
+    ):
+        core.download(
+            str(root), str(tmp_path / "out3"), config="clean", columns=core.Columns(text="sentence")
+        )
+    assert not (tmp_path / "out3").exists()
     with pytest.raises(core.DownloadError, match="no column 'seconds' \\(the duration column"):
         core.download(
             str(root),
@@ -525,6 +533,18 @@ def test_manifest_with_missing_audio_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "src" / "elsewhere" / "three.flac").unlink()
     with pytest.raises(core.DownloadError, match=r"dev.json:3: audio file not found: .*elsewhere/three.flac"):
         core.download(str(source), str(tmp_path / "out"))
+
+
+def test_progress_lines_and_rate_cap() -> None:
+    transfer = core.Transfer(total_files=4, total_bytes=8 * core.MB, max_mbps=20)
+    started = time.monotonic()
+    transfer.add_bytes(2 * core.MB)
+    transfer.file_done()
+    assert time.monotonic() - started >= 0.099  # 2 MB at no more than 20 MB/s
+    line = transfer.line()
+    assert line.startswith("download: 1/4 files, 2.0/8.0 MB (25%), ")
+    assert " MB/s, ETA " in line
+    assert "done in" in transfer.line(final=True)
 
 
 # --- the command line --------------------------------------------------------------------
@@ -787,7 +807,7 @@ def test_hub_source_to_local(hub: str, tmp_path: Path, caplog: pytest.LogCapture
     assert len(_Hub.seen_auth) == requests + 2  # the revision and the tree; no file
 
 
-def test_hub_source_to_gcs_by_the_cli(hub: str, gcs_bucket: str) -> None:
+def test_hub_source_to_gcs_by_the_cli(hub: str, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     out = f"{gcs_bucket}/ps"
     result = subprocess.run(
         [_asrflow(), "download", "hf://datasets/MLCommons/peoples_speech", "--out", out, "--config", "test",
@@ -802,10 +822,25 @@ def test_hub_source_to_gcs_by_the_cli(hub: str, gcs_bucket: str) -> None:
         ["test/test-00000-of-00001.parquet"],
         60,
     )
-    assert (
-        storage.read_bytes(f"{out}/test/test-00000-of-00001.parquet")
-        == (CORPUS / "test/test-00000-of-00001.parquet").read_bytes()
-    )
+    target = f"{out}/test/test-00000-of-00001.parquet"
+    data = (CORPUS / "test/test-00000-of-00001.parquet").read_bytes()
+    assert storage.read_bytes(target) == data
+    # GCS keeps no SHA-256; the copy carries the hub's, so a rerun need not read it back.
+    assert core._gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
+    hash_uri = core.hash_uri
+
+    def local_only(uri: str, algorithm: str, size: int) -> str:
+        assert not storage.is_gcs(uri), f"{uri} was read back"
+        return hash_uri(uri, algorithm, size)
+
+    monkeypatch.setattr(core, "hash_uri", local_only)
+    assert core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test") == card
+    # A recorded checksum that does not match means the object is redone.
+    blob = storage.gcs_client().bucket(gcs_bucket[5:]).blob("ps/test/test-00000-of-00001.parquet")
+    blob.metadata = {"asrflow-source-sha256": "0" * 64}
+    blob.patch()
+    assert core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test") == card
+    assert core._gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_hub_errors(hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -819,3 +854,35 @@ def test_hub_errors(hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     ) as err:
         core.download("hf://datasets/MLCommons/peoples_speech", str(tmp_path / "o"), config="clean")
     assert "hf_wrong" not in str(err.value)
+
+
+# --- the KFP component -------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_component_runs_in_kfp_local_and_never_logs_the_token(
+    hub: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from kfp import local
+
+    from components.download.component import download
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    task = download(
+        source="hf://datasets/MLCommons/peoples_speech",
+        data_root=str(tmp_path / "root"),
+        config="clean",
+        split="validation",
+        workers=2,
+    )
+    key = core.dataset_key("MLCommons/peoples_speech", "clean", "validation", HUB_SHA)
+    assert task.outputs["Output"] == str(tmp_path / "root" / key)
+    card = json.loads(Path(task.outputs["card"].path).read_text())
+    assert card == cards.read_card(str(tmp_path / "root" / key))
+    assert (card["rows"], card["revision"]) == (60, HUB_SHA)
+    assert task.outputs["card"].metadata["uri"] == card["out"]
+    assert task.outputs["metrics"].metadata["rows"] == 60
+    assert task.outputs["metrics"].metadata["hours"] == card["hours"] > 0
+    logs = capfd.readouterr()
+    assert "download: 1/1 files" in logs.out + logs.err
+    assert HUB_TOKEN not in logs.out + logs.err
