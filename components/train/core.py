@@ -1,12 +1,23 @@
-"""Training: NeMo Conformer-CTC on tarred shards, DDP, resumable checkpoints."""
+"""Training: NeMo Conformer-CTC on tarred shards, DDP, resumable checkpoints; tokenizers.
+
+``train`` is the one entry point the CLI and the KFP component call. It resumes from the
+newest complete checkpoint in ``RUN_DIR/checkpoints``, trains to ``trainer.max_steps`` with
+NeMo's Lhotse dataloading, and writes ``model.nemo``, ``card.json`` and ``_SUCCESS``; a
+SIGTERM before then raises :class:`~components.train.callbacks.Preempted` (exit 143).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import os
+import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components import storage
+from components import cards, manifest, storage
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -69,3 +80,510 @@ def build_model(cfg: DictConfig, trainer: Any = None) -> Any:
 
     cls = EncDecCTCModelBPE if is_bpe(cfg) else EncDecCTCModel
     return cls(cfg=cfg.model, trainer=trainer)
+
+
+# --- hardware --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """Where and how the run trains: accelerator, processes per node, nodes, precision."""
+
+    accelerator: str  # "gpu" or "cpu"
+    devices: int
+    num_nodes: int
+    precision: str
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+def precision_for(accelerator: str) -> str:
+    """bf16-mixed on compute capability 8 and newer (A100, H100), 16-mixed on 7.x (V100), else 32."""
+    if accelerator != "gpu":
+        return "32"
+    import torch
+
+    major, _ = torch.cuda.get_device_capability()
+    if major >= 8:
+        return "bf16-mixed"
+    if major >= 7:
+        return "16-mixed"
+    return "32"
+
+
+def resolve_hardware(
+    devices: int | None = None, num_nodes: int | None = None, precision: str | None = None
+) -> Hardware:
+    """Devices, nodes and precision, from the arguments, the torchrun environment, or the hardware.
+
+    Under torchrun (``LOCAL_WORLD_SIZE`` and ``WORLD_SIZE`` set), devices per node and the
+    number of nodes default to what torchrun launched, so a TrainJob needs no extra flags.
+    """
+    import torch
+
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    world = os.environ.get("WORLD_SIZE")
+    if devices is None:
+        if local_world:
+            devices = int(local_world)
+        else:
+            devices = torch.cuda.device_count() if accelerator == "gpu" else 1
+    if num_nodes is None:
+        num_nodes = int(world) // int(local_world) if world and local_world else 1
+    if devices < 1 or num_nodes < 1:
+        raise TrainError(f"devices ({devices}) and num_nodes ({num_nodes}) must be at least 1")
+    return Hardware(accelerator, devices, num_nodes, precision or precision_for(accelerator))
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def local_work_dir(run_dir: str) -> Path:
+    """Local scratch for a run: ``RUN_DIR/work`` for a local run, a temp dir for gs://."""
+    if not storage.is_gcs(run_dir):
+        return Path(run_dir, "work")
+    root = Path(os.environ.get("ASRFLOW_SCRATCH", tempfile.gettempdir()), "asrflow")
+    return root / hashlib.sha1(run_dir.encode()).hexdigest()[:12]
+
+
+def _fetch(uri: str, local_dir: Path) -> str:
+    """A local path for a file that may be on gs://."""
+    if not storage.is_gcs(uri):
+        if not Path(uri).exists():
+            raise TrainError(f"not found: {uri}")
+        return uri
+    local = local_dir / storage.basename(uri)
+    if not local.exists():
+        storage.download_file(uri, local)
+    return str(local)
+
+
+def _fetch_dir(uri: str, local_dir: Path) -> str:
+    """A local copy of a directory that may be on gs:// (a tokenizer directory)."""
+    if not storage.is_gcs(uri):
+        if not Path(uri).is_dir():
+            raise TrainError(f"not a directory: {uri}")
+        return uri
+    for info in storage.list_files(uri):
+        rel = info.uri[len(uri.rstrip("/")) + 1 :]
+        if not (local_dir / rel).exists():
+            storage.download_file(info.uri, local_dir / rel)
+    return str(local_dir)
+
+
+def init_from_pretrained(model: Any, nemo_path: str) -> None:
+    """Copy every weight whose name and shape match from a .nemo model into ``model``.
+
+    Weights that do not fit (a decoder for another vocabulary) keep their fresh values; the
+    log says which. Raises TrainError when nothing matches (not a compatible model).
+    """
+    from nemo.collections.asr.models import ASRModel
+
+    pretrained = ASRModel.restore_from(nemo_path, map_location="cpu")
+    source = pretrained.state_dict()
+    target = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not matched:
+        raise TrainError(f"{nemo_path}: no weight fits this model's architecture")
+    model.load_state_dict(matched, strict=False)
+    left = sorted({k.split(".")[0] for k in target if k not in matched})
+    log.info(
+        "initialised %d of %d tensors from %s%s",
+        len(matched),
+        len(target),
+        nemo_path,
+        f"; fresh: {', '.join(left)}" if left else "",
+    )
+    del pretrained
+
+
+def _configure_data(cfg: DictConfig, dataset: Any, val_manifest: str, seed: int) -> None:
+    """Fill the data sections of ``cfg`` in place: paths, bucket bins, data-order seed."""
+    from omegaconf import open_dict
+
+    train_ds = cfg.model.train_ds
+    with open_dict(train_ds):
+        train_ds.manifest_filepath = dataset.manifest_filepath
+        train_ds.tarred_audio_filepaths = dataset.tarred_audio_filepaths
+        train_ds.seed = seed
+        # Without workers Lhotse resolves "randomized" to a constant: use the seed itself
+        # (made distinct per rank by DataSeed once the rank is known).
+        if int(train_ds.get("num_workers", 0)) > 0:
+            train_ds.shard_seed = "randomized"
+        else:
+            train_ds.shard_seed = seed
+        if train_ds.get("use_bucketing", False):
+            bins = train_ds.get("bucket_duration_bins") or dataset.bucket_duration_bins()
+            if bins:
+                train_ds.bucket_duration_bins = [float(b) for b in bins]
+                train_ds.num_buckets = len(bins) + 1
+                log.info(
+                    "bucketing with %d duration bins %s",
+                    len(bins) + 1,
+                    "from the config"
+                    if train_ds.get("bucket_duration_bins") is bins
+                    else f"from {storage.join(dataset.uri, 'metadata.yaml')}",
+                )
+            else:
+                log.warning(
+                    "no bucket_duration_bins in %s (run asrflow estimate-buckets): "
+                    "training without bucketing",
+                    storage.join(dataset.uri, "metadata.yaml"),
+                )
+                train_ds.use_bucketing = False
+    with open_dict(cfg.model.validation_ds):
+        cfg.model.validation_ds.manifest_filepath = val_manifest
+
+
+def _make_trainer(cfg: DictConfig, hardware: Hardware, callbacks: list[Any], logger: Any, root: Path) -> Any:
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in (
+        "devices",
+        "num_nodes",
+        "precision",
+        "accelerator",
+        "strategy",
+        "logger",
+        "callbacks",
+        "enable_checkpointing",
+        "max_epochs",
+        "resume_from_checkpoint",
+        "default_root_dir",
+    ):
+        kwargs.pop(key, None)
+    if hardware.world_size > 1:
+        backend = "nccl" if hardware.accelerator == "gpu" else "gloo"
+        strategy: Any = DDPStrategy(process_group_backend=backend, find_unused_parameters=False)
+    else:
+        strategy = "auto"
+    if hardware.world_size == 1 or hardware.accelerator != "gpu":
+        kwargs["sync_batchnorm"] = False  # SyncBatchNorm needs CUDA
+    return pl.Trainer(
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=hardware.num_nodes,
+        strategy=strategy,
+        precision=hardware.precision,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        max_epochs=-1,
+        default_root_dir=str(root),
+        **kwargs,
+    )
+
+
+def train(
+    tarred_dir: str,
+    val_manifest: str,
+    run_dir: str,
+    config: str = "conformer_ctc_char",
+    overrides: list[str] | tuple[str, ...] = (),
+    checkpoint_every: int | None = None,
+    init_from: str | None = None,
+    freeze_encoder: bool = False,
+    tokenizer_dir: str | None = None,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume training) a Conformer-CTC model to ``trainer.max_steps``.
+
+    Args:
+        tarred_dir: NeMo tarred dataset from ``asrflow write-shards`` (local or gs://).
+        val_manifest: NeMo manifest to validate on during training (local or gs://).
+        run_dir: the run's directory: checkpoints/, tensorboard/, model.nemo, card.json.
+        config: a shipped config name or a YAML path.
+        overrides: ``key=value`` config overrides.
+        checkpoint_every: steps between checkpoints (default: the config's).
+        init_from: a .nemo model whose weights initialise a fresh run (fine-tuning).
+        freeze_encoder: train only the decoder (encoder weights and statistics fixed).
+        tokenizer_dir: SentencePiece directory for a BPE config (``model.tokenizer.dir``).
+        devices: processes per node (GPUs, or CPU processes); default from torchrun or hardware.
+        num_nodes: nodes; default from torchrun or 1.
+        precision: Lightning precision; default by hardware (bf16-mixed, 16-mixed or 32).
+
+    Returns:
+        The run's card (on global rank 0; other ranks get a card with ``rank`` only).
+
+    Raises:
+        Preempted: SIGTERM before max_steps (after a best-effort checkpoint).
+        TrainError: bad config, data or checkpoints.
+    """
+    from components.train.callbacks import DataSeed, FreezeEncoder, TrainingMonitor
+    from components.train.checkpoints import CheckpointError, CheckpointStore
+    from components.train.data import DataError, data_seed, open_tarred_dataset, prepare_validation_manifest
+
+    if storage.is_complete(run_dir):
+        log.info("%s is complete (%s exists): nothing to do", run_dir, storage.SUCCESS_MARKER)
+        return cards.read_card(run_dir)
+    cfg = load_config(config, overrides)
+    if tokenizer_dir:
+        if not is_bpe(cfg):
+            raise TrainError(f"--tokenizer given but config {config!r} is a character model")
+        cfg.model.tokenizer.dir = tokenizer_dir
+    work = local_work_dir(run_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if is_bpe(cfg):
+        cfg.model.tokenizer.dir = _fetch_dir(str(cfg.model.tokenizer.dir), work / "tokenizer")
+    settings = cfg.get("asrflow", {})
+    checkpoint_every = checkpoint_every or int(settings.get("checkpoint_every", 1000))
+    max_steps = int(cfg.trainer.max_steps)
+    if max_steps < 1:
+        raise TrainError("trainer.max_steps must be set (a positive number of steps)")
+    hardware = resolve_hardware(devices, num_nodes, precision)
+
+    store = CheckpointStore(storage.join(run_dir, "checkpoints"), work / "checkpoints")
+    try:
+        resume = store.newest_readable()
+    except CheckpointError as err:
+        raise TrainError(str(err)) from None
+    if resume is not None:
+        log.info("resuming from checkpoint %s (step %d)", resume.uri, resume.step)
+        if resume.step >= max_steps:
+            log.info(
+                "checkpoint step %d is at max_steps %d: only the final model is left to write",
+                resume.step,
+                max_steps,
+            )
+    else:
+        log.info("no checkpoint in %s: starting at step 0", store.root)
+    start_step = resume.step if resume else 0
+    base_seed = int(settings.get("seed", 1234))
+    seed = data_seed(base_seed, start_step)
+    try:
+        dataset = open_tarred_dataset(tarred_dir, str(work / "data"))
+        val_local, val_utterances, val_hours = prepare_validation_manifest(
+            val_manifest, str(work / "validation")
+        )
+    except DataError as err:
+        raise TrainError(str(err)) from None
+    _configure_data(cfg, dataset, val_local, seed)
+    log.info(
+        "data: %d shards in %s%s; validation: %d utterances (%.2f h) from %s; data-order seed %d",
+        dataset.num_shards,
+        tarred_dir,
+        f" ({dataset.hours():.2f} h)" if dataset.hours() is not None else "",
+        val_utterances,
+        val_hours,
+        val_manifest,
+        seed,
+    )
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    pl.seed_everything(base_seed, workers=True, verbose=False)
+    tb_dir = Path(run_dir) if not storage.is_gcs(run_dir) else work
+    logger = TensorBoardLogger(save_dir=str(tb_dir), name="tensorboard", version="", default_hp_metric=False)
+    monitor = TrainingMonitor(
+        store,
+        checkpoint_every=checkpoint_every,
+        log_every=int(settings.get("log_every", 50)),
+        max_steps=max_steps,
+        sample_rate=int(cfg.model.sample_rate),
+        keep_checkpoints=int(settings.get("keep_checkpoints", 3)),
+        after_checkpoint=(lambda: _upload_tree(work / "tensorboard", storage.join(run_dir, "tensorboard")))
+        if storage.is_gcs(run_dir)
+        else None,
+    )
+    callbacks: list[Any] = [DataSeed(seed), monitor]
+    if freeze_encoder:
+        callbacks.append(FreezeEncoder())
+    trainer = _make_trainer(cfg, hardware, callbacks, logger, work)
+    log.info(
+        "trainer: %s, %d device(s) x %d node(s), precision %s, max_steps %d, checkpoint every %d",
+        hardware.accelerator,
+        hardware.devices,
+        hardware.num_nodes,
+        hardware.precision,
+        max_steps,
+        checkpoint_every,
+    )
+
+    model = build_model(cfg, trainer)
+    if init_from and resume is None:
+        init_from_pretrained(model, _fetch(init_from, work / "init"))
+    elif init_from:
+        log.info("--init-from %s not used: the weights come from the checkpoint", init_from)
+    if freeze_encoder:
+        model.encoder.freeze()
+        log.info(
+            "encoder frozen: training %d of %d parameters",
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()),
+        )
+
+    started = time.monotonic()
+    trainer.fit(model, ckpt_path=resume.local_path if resume else None)
+    if trainer.global_step < max_steps:
+        raise TrainError(f"training ended at step {trainer.global_step} of {max_steps} (see the log above)")
+    if monitor.val_step != trainer.global_step:
+        trainer.validate(model, verbose=False)
+    if not trainer.is_global_zero:
+        return {"rank": trainer.global_rank}
+    card = _finish(
+        run_dir,
+        work,
+        model,
+        cfg,
+        config,
+        hardware,
+        monitor,
+        trainer.global_step,
+        start_step,
+        dataset,
+        time.monotonic() - started,
+    )
+    if storage.is_gcs(run_dir):
+        _upload_tree(work / "tensorboard", storage.join(run_dir, "tensorboard"))
+    return card
+
+
+def _upload_tree(local_dir: Path, uri: str) -> None:
+    """Copy a local directory's files to ``uri`` (overwriting: TensorBoard files grow)."""
+    if not local_dir.is_dir():
+        return
+    for path in sorted(local_dir.rglob("*")):
+        if path.is_file():
+            storage.upload_file(path, storage.join(uri, str(path.relative_to(local_dir))), overwrite=True)
+
+
+def _finish(
+    run_dir: str,
+    work: Path,
+    model: Any,
+    cfg: DictConfig,
+    config: str,
+    hardware: Hardware,
+    monitor: Any,
+    steps: int,
+    start_step: int,
+    dataset: Any,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Write model.nemo, card.json and _SUCCESS (in that order) on global rank 0."""
+    model_uri = storage.join(run_dir, "model.nemo")
+    local_model = (
+        work / "model.nemo" if storage.is_gcs(run_dir) else Path(run_dir, f"{storage.TEMP_PREFIX}model.nemo")
+    )
+    model.save_to(str(local_model))
+    if storage.is_gcs(run_dir):
+        storage.upload_file(local_model, model_uri, overwrite=True)
+        local_model.unlink()
+    else:
+        os.replace(local_model, model_uri)
+    card = {
+        "model": model_uri,
+        "run_dir": run_dir,
+        "config": config,
+        "model_class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": steps,
+        "max_steps": int(cfg.trainer.max_steps),
+        "resumed_from_step": start_step,
+        "hours_seen": round(monitor.hours_seen, 4),
+        "final_train_loss": monitor.last_loss,
+        "val_wer": monitor.val_wer,
+        "throughput_audio_s_per_s": round(monitor.attempt_throughput, 2),
+        "train_wall_seconds": round(wall_seconds, 1),
+        "dataset": dataset.uri,
+        "dataset_hours": dataset.hours(),
+        "accelerator": hardware.accelerator,
+        "devices": hardware.devices,
+        "num_nodes": hardware.num_nodes,
+        "precision": hardware.precision,
+    }
+    cards.write_card(run_dir, card)
+    storage.mark_complete(run_dir)
+    log.info(
+        "done: %s (step %d, val_wer %s)",
+        model_uri,
+        steps,
+        f"{monitor.val_wer:.4f}" if monitor.val_wer is not None else "n/a",
+    )
+    return card
+
+
+# --- tokenizer -------------------------------------------------------------------------------
+
+
+def _training_texts(source: str) -> tuple[str, list[str]]:
+    """The manifest a tokenizer learns from, and its texts after the shared normalisation."""
+    uri = source
+    if not source.endswith((".json", ".jsonl")):
+        uri = storage.join(source, "tarred_audio_manifest.json")
+        if not storage.exists(uri):
+            raise TrainError(
+                f"{source}: neither a manifest nor a tarred directory with tarred_audio_manifest.json"
+            )
+    texts = []
+    try:
+        for entry in manifest.read_manifest(uri):
+            text = manifest.normalize_text(entry["text"])
+            if text:
+                texts.append(text)
+    except manifest.ManifestError as err:
+        raise TrainError(str(err)) from None
+    except FileNotFoundError:
+        raise TrainError(f"manifest not found: {uri}") from None
+    if not texts:
+        raise TrainError(f"{uri}: no text to learn a tokenizer from")
+    return uri, texts
+
+
+def train_tokenizer(source: str, out: str, vocab_size: int = 256, model_type: str = "bpe") -> dict[str, Any]:
+    """Train a SentencePiece tokenizer (NeMo's ``create_spt_model``) on the normalised texts.
+
+    Args:
+        source: a tarred directory (its tarred_audio_manifest.json) or a NeMo manifest.
+        out: output directory (local or gs://): tokenizer.model, vocab.txt, card.json, _SUCCESS.
+        vocab_size: SentencePiece vocabulary size (a soft limit for small corpora).
+        model_type: "bpe" or "unigram".
+
+    Returns:
+        The card: tokenizer directory, vocabulary size, sentences and characters used.
+    """
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
+    if storage.is_complete(out):
+        log.info("%s is complete: nothing to do", out)
+        return cards.read_card(out)
+    manifest_uri, texts = _training_texts(source)
+    with tempfile.TemporaryDirectory(prefix="asrflow-tokenizer-") as tmp:
+        corpus = Path(tmp, "text.txt")
+        corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        built = Path(tmp, "tokenizer")
+        create_spt_model(
+            str(corpus),
+            vocab_size=vocab_size,
+            sample_size=-1,
+            do_lower_case=False,
+            tokenizer_type=model_type,
+            output_dir=str(built),
+            remove_extra_whitespaces=True,
+        )
+        vocab = Path(built, "vocab.txt").read_text(encoding="utf-8").splitlines()
+        for name in ("tokenizer.model", "tokenizer.vocab", "vocab.txt"):
+            storage.upload_file(built / name, storage.join(out, name), overwrite=True)
+    card = {
+        "tokenizer_dir": out,
+        "tokenizer_model": storage.join(out, "tokenizer.model"),
+        "type": model_type,
+        "vocab_size": len(vocab) + 1,  # vocab.txt leaves out <unk>
+        "requested_vocab_size": vocab_size,
+        "sentences": len(texts),
+        "characters": sum(len(t) for t in texts),
+        "source": manifest_uri,
+    }
+    cards.write_card(out, card)
+    storage.mark_complete(out)
+    return card
