@@ -9,46 +9,52 @@ from components.images import TRAIN_IMAGE
 def evaluate(
     model_uri: str,
     eval_sets: list,
-    out_dir: str,
+    data_root: str,
+    run_id: str,
     card: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
     champion_uri: str = "",
+    champion_name: str = "",
     batch_size: int = 16,
     min_improvement: float = 0.0,
-) -> bool:
-    """Transcribe eval sets with a NeMo model; score WER/CER; promote it if it beats the champion.
+):
+    """Transcribe eval sets with a NeMo model, score WER/CER, promote it if it beats the champion.
 
     Args:
-        model_uri: the .nemo model to evaluate (local path or gs:// URI under the data root).
-        eval_sets: NeMo manifests, parquet directories or download cards, each ``PATH`` or
-            ``NAME=PATH``.
-        out_dir: where hypotheses.jsonl per set, report.md and card.json go.
-        card: the step's card (per-set WER, CER, S/I/D counts, hours; the champion decision).
-        metrics: WER and CER per set, and the mean WER, for the KFP UI.
-        champion_uri: champion.json of the model in service; empty for no comparison.
-        batch_size: utterances per forward pass on the GPU.
-        min_improvement: mean-WER gain (absolute) needed to replace the champion.
-
-    Returns:
-        True when this model became the champion.
+        model_uri: the .nemo model to evaluate (gs:// URI or local path).
+        eval_sets: the eval sets, each a NeMo manifest URI, ``NAME=URI``, or an object with
+            ``name`` and ``manifest``.
+        data_root: the data root; outputs go to ``runs/<run_id>/eval`` under it.
+        run_id: the run whose model this is.
+        card: the step's card: per-set WER, CER, S/I/D counts and hours; the champion decision.
+        metrics: WER and CER per set and the mean WER, for the KFP UI.
+        champion_uri: champion.json of the model in service; the new model replaces it only when better.
+        champion_name: instead of champion_uri: ``models/<champion_name>/champion.json`` under data_root.
+        batch_size: utterances per forward pass.
+        min_improvement: mean-WER gain (absolute, 0.005 = half a point) needed to replace the champion.
     """
     import json
 
     from components.evaluate import core
 
+    out_dir = core.run_eval_dir(data_root, run_id)
     result = core.evaluate(
         model_uri,
-        list(eval_sets),
+        core.eval_set_specs(eval_sets),
         out_dir,
-        champion_uri=champion_uri or None,
+        champion_uri=champion_uri
+        or (core.champion_uri_for(data_root, champion_name) if champion_name else None),
         batch_size=batch_size,
         min_improvement=min_improvement,
     )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)
-    card.metadata["uri"] = out_dir
+    card.metadata.update(
+        uri=out_dir,
+        mean_wer=result["mean_wer"],
+        promoted=bool(result["champion"] and result["champion"]["promoted"]),
+    )
     for name, figures in result["sets"].items():
         metrics.log_metric(f"{name}_wer", figures["wer"])
         metrics.log_metric(f"{name}_cer", figures["cer"])
     metrics.log_metric("mean_wer", result["mean_wer"])
-    return bool(result["champion"] and result["champion"]["promoted"])

@@ -122,6 +122,35 @@ def default_set_name(path: str) -> str:
     return "set"
 
 
+def eval_set_specs(items: Sequence[Any]) -> list[str]:
+    """Eval sets as the pipeline hands them over (strings or ``{name, manifest}`` objects) -> specs.
+
+    Raises:
+        EvaluateError: an item that is neither.
+    """
+    specs = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            specs.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("manifest"), str):
+            specs.append(f"{item['name']}={item['manifest']}" if item.get("name") else item["manifest"])
+        else:
+            raise EvaluateError(
+                f"eval_sets[{index}]: expected a URI, NAME=URI or {{name, manifest}}, got {item!r}"
+            )
+    return specs
+
+
+def run_eval_dir(data_root: str, run_id: str) -> str:
+    """Where a run's evaluation goes under the data root: ``runs/<run_id>/eval``."""
+    return storage.join(data_root, "runs", run_id, "eval")
+
+
+def champion_uri_for(data_root: str, name: str) -> str:
+    """The champion record of model ``name``: ``models/<name>/champion.json`` under the data root."""
+    return storage.join(data_root, "models", name, CHAMPION_NAME)
+
+
 def _is_manifest_file(path: str) -> bool:
     return storage.basename(path) != cards.CARD_NAME and storage.stat(path) is not None
 
@@ -469,9 +498,13 @@ class ModelRunner:
 
     @property
     def md5(self) -> str:
-        """The .nemo file's MD5: which model made a set's hypotheses (for resume and ties)."""
+        """The .nemo file's MD5: which model made a set's hypotheses (for resume and ties).
+
+        On GCS the object's own MD5, so that a rerun whose sets are all done downloads nothing.
+        """
         if self._md5 is None:
-            self._md5 = storage.file_md5(self.local_path)
+            info = storage.stat(self.model_uri) if storage.is_gcs(self.model_uri) else None
+            self._md5 = info.md5 if info is not None and info.md5 else storage.file_md5(self.local_path)
         return self._md5
 
     def model(self) -> Any:
@@ -882,6 +915,7 @@ def evaluate(
             "step": STEP,
             "model": model_key,
             "model_md5": runner.md5,
+            "device": device,
             "scoring": SCORING,
             "sets": {name: result.card() for name, result in results.items()},
             "mean_wer": mean_wer(results),

@@ -367,6 +367,12 @@ def test_model_sets_and_outputs_on_gcs(
     assert {row["pred_text"] for row in rows} == {"a"}
     assert json.loads(storage.read_text(champion))["model"] == model_uri
     assert storage.is_complete(out) and storage.exists(f"{out}/report.md")
+    assert card["model_md5"] == storage.file_md5(constant_nemo_model("a"))
+
+    again = core.evaluate(
+        model_uri, [f"{set_uri}/manifest.json"], out, champion_uri=champion, device="cpu", echo=False
+    )
+    assert again["champion"]["champion_source"] == "same-model" and again["champion"]["promoted"] is False
 
 
 # --- command line --------------------------------------------------------------------------
@@ -412,3 +418,63 @@ def test_cli_bad_manifest_names_file_and_line(tiny_nemo_model: Path, tmp_path: P
     assert result.returncode != 0
     assert f"{manifest}:1: field duration must be a number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- KFP component -------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_component_runs_in_kfp_local(
+    constant_nemo_model: Callable[[str | None], Path], letter_set: Path, tmp_path: Path
+) -> None:
+    from kfp import local
+
+    from components.evaluate.component import evaluate
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    data_root = tmp_path / "root"
+    task = evaluate(
+        model_uri=str(constant_nemo_model("a")),
+        eval_sets=[{"name": "letters", "manifest": str(letter_set)}],
+        data_root=str(data_root),
+        run_id="run-1",
+        champion_name="demo",
+        batch_size=4,
+    )
+    out = data_root / "runs" / "run-1" / "eval"
+    card = json.loads(Path(task.outputs["card"].path).read_text())
+    assert card == json.loads((out / "card.json").read_text())
+    assert task.outputs["card"].metadata["uri"] == str(out)
+    assert task.outputs["card"].metadata["promoted"] is True
+    assert task.outputs["metrics"].metadata["letters_wer"] == card["sets"]["letters"]["wer"] == 0.0
+    champion = json.loads((data_root / "models" / "demo" / "champion.json").read_text())
+    assert champion["model"] == str(constant_nemo_model("a"))
+
+
+def test_eval_set_specs_from_the_pipeline() -> None:
+    items = ["gs://b/dev/manifest.json", "test=gs://b/t.json", {"name": "ls", "manifest": "gs://b/ls.json"}]
+    assert core.eval_set_specs(items) == [
+        "gs://b/dev/manifest.json",
+        "test=gs://b/t.json",
+        "ls=gs://b/ls.json",
+    ]
+    with pytest.raises(core.EvaluateError, match=r"eval_sets\[0\]"):
+        core.eval_set_specs([{"name": "x"}])
+    assert core.run_eval_dir("gs://b/root", "r1") == "gs://b/root/runs/r1/eval"
+    assert core.champion_uri_for("gs://b/root", "ps") == "gs://b/root/models/ps/champion.json"
+
+
+@pytest.mark.gpu
+def test_evaluate_on_gpu_matches_cpu(
+    tiny_nemo_model: Path,
+    constant_nemo_model: Callable[[str | None], Path],
+    bundled_eval_manifest: Path,
+    tmp_path: Path,
+) -> None:
+    sets = [str(bundled_eval_manifest)]
+    for model in (tiny_nemo_model, constant_nemo_model("a")):
+        gpu = core.evaluate(str(model), sets, str(tmp_path / "gpu" / model.stem), device="auto", echo=False)
+        cpu = core.evaluate(str(model), sets, str(tmp_path / "cpu" / model.stem), device="cpu", echo=False)
+        assert gpu["device"] == "cuda" and cpu["device"] == "cpu"
+        check_against_jiwer(gpu["sets"]["validation"])
+        assert gpu["sets"]["validation"]["wer"] == pytest.approx(cpu["sets"]["validation"]["wer"], abs=0.02)
