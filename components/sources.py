@@ -29,8 +29,9 @@ import json
 import logging
 import re
 import time
+import types
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from components import audio as checks
 from components import storage
@@ -106,9 +107,11 @@ class Source:
         return [self.format, dataclasses.asdict(self.columns), [[f.uri, f.size] for f in self.files]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """One utterance as read: nothing validated yet.
+_NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+
+
+class Item(NamedTuple):
+    """One utterance as read: nothing validated yet (a tuple: millions are made).
 
     Attributes:
         id: the dataset's id for it.
@@ -124,7 +127,7 @@ class Item:
     audio: bytes | None
     text: str | bytes | None
     duration: float | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, Any] = _NO_EXTRA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +289,7 @@ def split_groups(files: Sequence[storage.FileInfo], num_groups: int) -> list[lis
 
 def member_stem(item_id: str) -> str:
     """A file-name stem for an id: safe in tars and for NeMo (no '/' and no '.'), bounded."""
-    stem = _NOT_MEMBER_SAFE.sub("_", _AUDIO_SUFFIX.sub("", item_id)) or "_"
+    stem = _NOT_MEMBER_SAFE.sub("_", _AUDIO_SUFFIX.sub("", item_id) if "." in item_id else item_id) or "_"
     if len(stem) > MAX_MEMBER_STEM:
         digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         stem = f"{stem[: MAX_MEMBER_STEM - 17]}_{digest}"
@@ -380,8 +383,13 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
             raise SourceError(f"{uri}: column {columns.audio!r} has type {audio_type}, not audio bytes")
         scale = columns.duration_scale()
         stem = storage.basename(uri).rsplit(".", 1)[0]
+        # only the bytes of an Audio struct: its path field is never read
+        wanted = [
+            f"{name}.bytes" if name == columns.audio and audio_is_struct else name
+            for name in columns.needed()
+        ]
         row = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns.needed(), use_threads=False):
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
             audio_col = batch.column(columns.audio)
             if audio_is_struct:
                 audio_col = pc.struct_field(audio_col, "bytes")
@@ -393,20 +401,21 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
                 else [None] * batch.num_rows
             )
             durations = batch.column(columns.duration).to_pylist() if columns.duration else None
-            items = []
-            for i in range(batch.num_rows):
-                declared = durations[i] if durations is not None else None
-                items.append(
-                    Item(
-                        id=ids[i] if ids[i] else f"{stem}-{row + i:08d}",
-                        source=f"{uri}:row {row + i}",
-                        audio=audios[i],
-                        text=texts[i],
-                        duration=None if declared is None else declared * scale,
-                    )
+            if durations is None:
+                durations = [None] * batch.num_rows
+            yield [
+                Item(
+                    item_id or f"{stem}-{row + i:08d}",
+                    f"{uri}:row {row + i}",
+                    audio,
+                    text,
+                    None if declared is None else declared * scale,
                 )
+                for i, (item_id, audio, text, declared) in enumerate(
+                    zip(ids, audios, texts, durations, strict=True)
+                )
+            ]
             row += batch.num_rows
-            yield items
 
 
 def _as_binary(column: Any) -> Any:

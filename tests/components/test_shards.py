@@ -347,3 +347,35 @@ def test_inputs_from_the_download_step(tmp_path: Path, bundled_corpus: Path, bun
     entries = read_manifest(str(Path(card["out_dir"]) / "tarred_audio_manifest.json"))
     assert sorted(e["text"] for e in entries) == sorted(normalize_text(r.text) for r in rows)
     assert Path(card["out_dir"]).parent == raw_manifest.parent / "tarred"
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("a.flac", 0), ("x" * 100, 123456789), ("x" * 101, 5), ("é.flac", 7), ("s_1.wav", 8**11)],
+)
+def test_member_header_is_what_tarfile_writes(name: str, size: int) -> None:
+    expected = core.member_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    assert core.member_header(name, size) == expected
+
+
+def test_flac_header_fast_path_agrees_with_libsndfile(bundled_corpus: Path) -> None:
+    import io
+
+    import soundfile as sf
+
+    from components.audio import flac_header
+
+    rows = bundled_rows(bundled_corpus, 20, file_index=3)
+    for row in rows:
+        info = sf.info(io.BytesIO(row.audio))
+        assert flac_header(row.audio) == (info.samplerate, info.channels, info.frames)
+    for row in bad_rows(bundled_rows(bundled_corpus, 12)):
+        if row.audio[:4] == b"fLaC":
+            info = sf.info(io.BytesIO(row.audio))
+            assert flac_header(row.audio) == (info.samplerate, info.channels, info.frames)
+    audio = rows[0].audio
+    assert flac_header(audio[:40]) is None  # cut inside STREAMINFO
+    assert flac_header(audio[:4] + b"\x01" + audio[5:]) is None  # first block not STREAMINFO
+    damaged = bytearray(audio)
+    damaged[8 + 34] ^= 0xFF  # the next block header: the chain no longer leads to a frame
+    assert flac_header(bytes(damaged)) is None
