@@ -297,6 +297,7 @@ def write_group(plan: Plan, group_index: int, out_dir: str) -> dict[str, Any]:
             shard_items[slot] += 1
             shard_seconds[slot] += result.duration
             seconds += result.duration
+        progress.extra.update(hours=round(seconds / 3600, 3), rejected=len(rejects))
         progress.finish()
         # leaving the stack closes every tar and renames shards and manifests into place
     for slot, count in enumerate(shard_items):
