@@ -136,7 +136,14 @@ def train(
     show_default=True,
     help="SentencePiece model type.",
 )
-def train_tokenizer(source: str, out: str, vocab_size: int, model_type: str) -> None:
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="SentencePiece's random seed: same text and seed give the same tokenizer bytes.",
+)
+def train_tokenizer(source: str, out: str, vocab_size: int, model_type: str, seed: int) -> None:
     """Train a SentencePiece tokenizer on the text of SOURCE for a BPE config.
 
     SOURCE is a tarred directory (its tarred_audio_manifest.json is read) or a NeMo
@@ -147,6 +154,6 @@ def train_tokenizer(source: str, out: str, vocab_size: int, model_type: str) -> 
     from components.train.core import train_tokenizer as run
 
     try:
-        run(source, out, vocab_size=vocab_size, model_type=model_type)
+        run(source, out, vocab_size=vocab_size, model_type=model_type, seed=seed)
     except TrainError as err:
         raise click.ClickException(str(err)) from None

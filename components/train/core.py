@@ -8,10 +8,13 @@ SIGTERM before then raises :class:`~components.train.callbacks.Preempted` (exit 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -324,7 +327,7 @@ def train(
 
     if storage.is_complete(run_dir):
         log.info("%s is complete (%s exists): nothing to do", run_dir, storage.SUCCESS_MARKER)
-        return cards.read_card(run_dir)
+        return _echo_card(cards.read_card(run_dir))
     cfg = load_config(config, overrides)
     if tokenizer_dir:
         if not is_bpe(cfg):
@@ -448,6 +451,13 @@ def train(
     return card
 
 
+def _echo_card(card: dict[str, Any]) -> dict[str, Any]:
+    """Print an existing card as the last stdout line, as a fresh run would."""
+    sys.stdout.flush()
+    print(json.dumps(card, sort_keys=True, ensure_ascii=False), flush=True)
+    return card
+
+
 def _upload_tree(local_dir: Path, uri: str) -> None:
     """Copy a local directory's files to ``uri`` (overwriting: TensorBoard files grow)."""
     if not local_dir.is_dir():
@@ -540,7 +550,9 @@ def _training_texts(source: str) -> tuple[str, list[str]]:
     return uri, texts
 
 
-def train_tokenizer(source: str, out: str, vocab_size: int = 256, model_type: str = "bpe") -> dict[str, Any]:
+def train_tokenizer(
+    source: str, out: str, vocab_size: int = 256, model_type: str = "bpe", seed: int = 0
+) -> dict[str, Any]:
     """Train a SentencePiece tokenizer (NeMo's ``create_spt_model``) on the normalised texts.
 
     Args:
@@ -548,32 +560,36 @@ def train_tokenizer(source: str, out: str, vocab_size: int = 256, model_type: st
         out: output directory (local or gs://): tokenizer.model, vocab.txt, card.json, _SUCCESS.
         vocab_size: SentencePiece vocabulary size (a soft limit for small corpora).
         model_type: "bpe" or "unigram".
+        seed: SentencePiece's random seed (same text and seed: the same tokenizer bytes).
 
     Returns:
         The card: tokenizer directory, vocabulary size, sentences and characters used.
     """
+    import sentencepiece
     from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
 
     if storage.is_complete(out):
         log.info("%s is complete: nothing to do", out)
-        return cards.read_card(out)
+        return _echo_card(cards.read_card(out))
     manifest_uri, texts = _training_texts(source)
-    with tempfile.TemporaryDirectory(prefix="asrflow-tokenizer-") as tmp:
-        corpus = Path(tmp, "text.txt")
-        corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
-        built = Path(tmp, "tokenizer")
+    target = out if storage.is_gcs(out) else str(Path(out).resolve())  # the body below changes directory
+    with tempfile.TemporaryDirectory(prefix="asrflow-tokenizer-") as tmp, contextlib.chdir(tmp):
+        # Relative paths: SentencePiece stores its input and output paths in the model file.
+        Path("text.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        sentencepiece.set_random_generator_seed(seed)  # it shuffles the input: same seed, same model
         create_spt_model(
-            str(corpus),
+            "text.txt",
             vocab_size=vocab_size,
             sample_size=-1,
             do_lower_case=False,
             tokenizer_type=model_type,
-            output_dir=str(built),
+            output_dir="tokenizer",
             remove_extra_whitespaces=True,
         )
+        built = Path(tmp, "tokenizer")
         vocab = Path(built, "vocab.txt").read_text(encoding="utf-8").splitlines()
         for name in ("tokenizer.model", "tokenizer.vocab", "vocab.txt"):
-            storage.upload_file(built / name, storage.join(out, name), overwrite=True)
+            storage.upload_file(built / name, storage.join(target, name), overwrite=True)
     card = {
         "tokenizer_dir": out,
         "tokenizer_model": storage.join(out, "tokenizer.model"),
@@ -583,6 +599,7 @@ def train_tokenizer(source: str, out: str, vocab_size: int = 256, model_type: st
         "sentences": len(texts),
         "characters": sum(len(t) for t in texts),
         "source": manifest_uri,
+        "seed": seed,
     }
     cards.write_card(out, card)
     storage.mark_complete(out)

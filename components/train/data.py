@@ -51,11 +51,16 @@ class TarredDataset:
     metadata: dict[str, Any]
 
     def bucket_duration_bins(self) -> list[float] | None:
-        """The bins estimate-buckets wrote into metadata.yaml, or None."""
-        meta = self.metadata
-        bins = meta.get("bucket_duration_bins")
-        if bins is None and isinstance(meta.get("buckets"), dict):
-            bins = meta["buckets"].get("bucket_duration_bins") or meta["buckets"].get("duration_bins")
+        """The bins estimate-buckets wrote into metadata.yaml, or None.
+
+        Looked up where NeMo keeps them (``dataset_config.bucket_duration_bins``), then in the
+        ``buckets`` section estimate-buckets adds, then at the top level.
+        """
+        bins = None
+        for section in (self.metadata.get("dataset_config"), self.metadata.get("buckets"), self.metadata):
+            if isinstance(section, dict) and section.get("bucket_duration_bins") is not None:
+                bins = section["bucket_duration_bins"]
+                break
         if bins is None:
             return None
         if not isinstance(bins, list) or not bins or not all(isinstance(b, (int, float)) for b in bins):
@@ -65,8 +70,11 @@ class TarredDataset:
         return [float(b) for b in bins]
 
     def hours(self) -> float | None:
-        value = self.metadata.get("hours")
-        return float(value) if isinstance(value, (int, float)) else None
+        """Hours of audio, as write-shards recorded them (``asrflow.hours``), or None."""
+        for section in (self.metadata.get("asrflow"), self.metadata):
+            if isinstance(section, dict) and isinstance(section.get("hours"), (int, float)):
+                return float(section["hours"])
+        return None
 
 
 def _shard_ids(files: list[storage.FileInfo], pattern: re.Pattern[str]) -> list[int]:

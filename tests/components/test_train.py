@@ -1,0 +1,484 @@
+"""asrflow train / train-tokenizer: real NeMo training of the tiny config on the bundled shards.
+
+Every training run is a real ``asrflow`` process (CPU, DDP over gloo where asked), because
+what matters here is process behaviour: exit codes, SIGTERM, resume after a restart,
+torchrun. The uninterrupted run is made once per module and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components import manifest, storage
+from components.train import checkpoints, core, data
+
+ASRFLOW = str(Path(sys.executable).with_name("asrflow"))
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+MAX_STEPS = 12  # tiny.yaml
+EVERY = 4
+RUN_TIMEOUT_S = 240
+
+
+def asrflow_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_asrflow(*args: str, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ASRFLOW, *args], capture_output=True, text=True, timeout=timeout, env=asrflow_env(), check=False
+    )
+
+
+def train_args(shards: Path, val: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        str(shards),
+        "--val",
+        str(val),
+        "--config",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        str(EVERY),
+        *extra,
+    ]
+
+
+def last_json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stderr (tail) ---\n{result.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def trained_run(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One uninterrupted tiny run to MAX_STEPS: (run_dir, card, stderr)."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    result = run_asrflow(*train_args(bundled_shards, bundled_eval_manifest, run_dir))
+    assert result.returncode == 0, explain(result)
+    return run_dir, last_json_line(result.stdout), result.stderr
+
+
+# --- configs and small pieces ---------------------------------------------------------------
+
+
+def test_shipped_configs_open_with_their_command_and_load():
+    for name in ("conformer_ctc_char", "conformer_ctc_bpe", "tiny", "small"):
+        text = (core.CONF_DIR / f"{name}.yaml").read_text()
+        assert text.startswith("# asrflow "), name
+        assert f"--config {name}" in text.splitlines()[0] + text.splitlines()[1], name
+        cfg = core.load_config(name)
+        assert cfg.model.train_ds.use_lhotse and cfg.trainer.use_distributed_sampler is False
+        assert cfg.trainer.max_steps > 0 and cfg.trainer.limit_train_batches > 0
+
+
+def test_char_vocabulary_is_what_normalisation_can_produce():
+    cfg = core.load_config("conformer_ctc_char")
+    labels = list(cfg.model.labels)
+    assert len(labels) == len(set(labels))
+    produced = set(
+        manifest.normalize_text("The Quick, brown FOX's 2nd-jump: 0123456789 abcdefghijklmnopqrstuvwxyz!")
+    )
+    assert produced <= set(labels)
+    assert set(labels) == set("abcdefghijklmnopqrstuvwxyz0123456789' ")
+
+
+def test_the_char_recipe_is_the_27m_conformer():
+    cfg = core.load_config("conformer_ctc_char")
+    enc = cfg.model.encoder
+    assert (enc.d_model, enc.n_layers, enc.n_heads, enc.subsampling_factor) == (256, 16, 8, 4)
+    assert cfg.model.preprocessor.features == 80 and cfg.model.optim.sched.name == "NoamAnnealing"
+    model = core.build_model(cfg)
+    assert 26e6 < sum(p.numel() for p in model.parameters()) < 29e6
+
+
+def test_overrides_and_bad_configs():
+    cfg = core.load_config("tiny", ["trainer.max_steps=7", "model.optim.lr=0.25"])
+    assert cfg.trainer.max_steps == 7 and cfg.model.optim.lr == 0.25
+    with pytest.raises(core.TrainError, match="unknown config"):
+        core.load_config("no-such-config")
+    with pytest.raises(core.TrainError, match="key=value"):
+        core.load_config("tiny", ["trainer.max_steps"])
+
+
+def test_hardware_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    hardware = core.resolve_hardware()
+    assert (hardware.devices, hardware.num_nodes, hardware.world_size) == (1, 2, 2)
+    assert hardware.precision == "32"  # no GPU here
+    assert core.resolve_hardware(devices=2, num_nodes=1, precision="bf16-mixed").precision == "bf16-mixed"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert core.resolve_hardware().world_size == 1
+
+
+def test_data_seed_changes_with_the_resume_step():
+    assert data.data_seed(1234, 0) == data.data_seed(1234, 0)
+    seeds = {data.data_seed(1234, step) for step in (0, 4, 8, 12)}
+    assert len(seeds) == 4
+
+
+def test_tarred_dataset_spec_and_bins(bundled_shards: Path, tmp_path: Path):
+    dataset = data.open_tarred_dataset(str(bundled_shards), str(tmp_path))
+    assert dataset.num_shards == 4
+    assert dataset.tarred_audio_filepaths == str(bundled_shards / "audio__OP_0..3_CL_.tar")
+    assert dataset.manifest_filepath == str(
+        bundled_shards / "sharded_manifests" / "manifest__OP_0..3_CL_.json"
+    )
+    assert dataset.hours() and dataset.hours() > 0
+    copy = tmp_path / "copy"
+    shutil.copytree(bundled_shards, copy)
+    metadata = (
+        (copy / "metadata.yaml")
+        .read_text()
+        .replace("bucket_duration_bins: null", "bucket_duration_bins: [2.0, 3.5]")
+    )
+    (copy / "metadata.yaml").write_text(metadata)
+    assert data.open_tarred_dataset(str(copy), str(tmp_path)).bucket_duration_bins() == [2.0, 3.5]
+    (copy / "audio_2.tar").unlink()
+    with pytest.raises(data.DataError, match="shard ids must be 0..2"):
+        data.open_tarred_dataset(str(copy), str(tmp_path))
+
+
+def test_validation_manifest_relative_paths_and_text(bundled_eval_manifest: Path, tmp_path: Path):
+    src = manifest.read_manifest(str(bundled_eval_manifest))
+    rel_dir = tmp_path / "set"
+    shutil.copytree(bundled_eval_manifest.parent, rel_dir)
+    entries = []
+    for entry in src[:3]:
+        path = Path(entry["audio_filepath"])
+        rel = path.relative_to(bundled_eval_manifest.parent) if path.is_absolute() else path
+        entries.append({**entry, "audio_filepath": str(rel), "text": entry["text"].upper() + "!"})
+    manifest.write_manifest(str(rel_dir / "rel.json"), entries)
+    local, count, hours = data.prepare_validation_manifest(str(rel_dir / "rel.json"), str(tmp_path / "work"))
+    resolved = manifest.read_manifest(local)
+    assert count == 3 and hours > 0
+    for entry, original in zip(resolved, entries, strict=True):
+        assert Path(entry["audio_filepath"]).is_absolute() and Path(entry["audio_filepath"]).is_file()
+        assert entry["text"] == manifest.normalize_text(original["text"])
+    manifest.write_manifest(str(rel_dir / "missing.json"), [{**entries[0], "audio_filepath": "nope.flac"}])
+    with pytest.raises(data.DataError, match=r"missing.json:1: audio file not found"):
+        data.prepare_validation_manifest(str(rel_dir / "missing.json"), str(tmp_path / "work2"))
+
+
+def test_unreadable_checkpoints_are_never_silently_dropped(tmp_path: Path):
+    store = checkpoints.CheckpointStore(str(tmp_path / "checkpoints"), tmp_path / "scratch")
+    assert store.newest_readable() is None
+    for step in (4, 8):
+        storage.write_bytes(storage.join(store.step_dir(step), checkpoints.CKPT_NAME), b"not a checkpoint")
+        storage.mark_complete(store.step_dir(step))
+    storage.write_bytes(storage.join(store.step_dir(12), checkpoints.CKPT_NAME), b"half written")  # no marker
+    assert store.complete_steps() == [4, 8] and store.incomplete_steps() == [12]
+    with pytest.raises(checkpoints.CheckpointError, match="none can be read; refusing to start from step 0"):
+        store.newest_readable()
+
+
+def test_cat_streams_a_file(tmp_path: Path):
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "blob").write_bytes(payload)
+    out = subprocess.run(
+        [sys.executable, "-m", "components.train.cat", str(tmp_path / "blob")],
+        capture_output=True,
+        check=True,
+    )
+    assert out.stdout == payload
+    missing = subprocess.run(
+        [sys.executable, "-m", "components.train.cat", str(tmp_path / "nope")],
+        capture_output=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and b"cannot read" in missing.stderr
+
+
+# --- training runs -------------------------------------------------------------------------
+
+
+def test_tiny_config_trains_on_the_bundled_shards(trained_run):
+    run_dir, card, stderr = trained_run
+    assert storage.is_complete(str(run_dir))
+    assert (run_dir / "model.nemo").stat().st_size > 0
+    assert json.loads((run_dir / "card.json").read_text()) == card
+    assert card["steps"] == MAX_STEPS and card["model"] == str(run_dir / "model.nemo")
+    assert card["hours_seen"] > 0 and card["throughput_audio_s_per_s"] > 0
+    assert card["final_train_loss"] > 0 and 0 <= card["val_wer"] <= 1.5
+    assert card["precision"] == "32" and card["resumed_from_step"] == 0
+    # plain log lines: loss, lr, throughput each step (tiny logs every step), val_wer, checkpoints
+    steps = re.findall(r"step (\d+)/12 \(\d+%\) loss [\d.]+ lr [\d.e-]+ audio/s [\d.]+", stderr)
+    assert [int(s) for s in steps] == list(range(1, MAX_STEPS + 1))
+    assert re.search(r"validation at step 6: val_wer [\d.]+", stderr)
+    assert "no checkpoint in" in stderr and "starting at step 0" in stderr
+    complete = checkpoints.CheckpointStore(str(run_dir / "checkpoints"), run_dir / "scratch").complete_steps()
+    assert complete == [4, 8]  # every 4 steps, none at max_steps (model.nemo is the final state)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # a rerun of a finished run does nothing and prints the same card
+    again = run_asrflow("train", "x", "--val", "y", "--run-dir", str(run_dir), timeout=120)
+    assert again.returncode == 0 and last_json_line(again.stdout) == card
+
+
+def test_sigterm_exits_143_and_the_rerun_resumes_to_the_same_step(
+    trained_run, bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path
+):
+    rng = random.Random()
+    extra_steps = rng.randint(1, 5)
+    run_dir = tmp_path / "run"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [ASRFLOW, *train_args(bundled_shards, bundled_eval_manifest, run_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            env=asrflow_env(),
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            target = None
+            while process.poll() is None and time.monotonic() < deadline:
+                text = log_path.read_text()
+                if target is None and "checkpoint step 4 saved" in text:
+                    target = 4 + extra_steps
+                if target is not None and f"step {target}/{MAX_STEPS}" in text:
+                    process.send_signal(signal.SIGTERM)
+                    break
+                time.sleep(0.05)
+            code = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    first = log_path.read_text()
+    assert target is not None, first[-4000:]
+    assert code == 143, f"exit {code}, SIGTERM after step {target}\n{first[-4000:]}"
+    killed_at = max(int(s) for s in re.findall(r"step (\d+)/12 ", first))
+    assert killed_at < MAX_STEPS and "SIGTERM received" in first
+    assert not (run_dir / "model.nemo").exists() and not storage.is_complete(str(run_dir))
+
+    second = run_asrflow(*train_args(bundled_shards, bundled_eval_manifest, run_dir))
+    assert second.returncode == 0, explain(second)
+    resumed = int(re.search(r"resuming from checkpoint .* \(step (\d+)\)", second.stderr).group(1))
+    assert killed_at - resumed <= EVERY  # at most one checkpoint interval recomputed
+    assert resumed == killed_at  # here the SIGTERM checkpoint made it: nothing recomputed
+    card = last_json_line(second.stdout)
+    assert card["steps"] == trained_run[1]["steps"] == MAX_STEPS
+    assert card["resumed_from_step"] == resumed
+    assert card["hours_seen"] > 0
+    new_steps = [int(s) for s in re.findall(r"step (\d+)/12 ", second.stderr)]
+    assert new_steps == list(range(resumed + 1, MAX_STEPS + 1))
+    seeds = [re.search(r"data-order seed (\d+)", log).group(1) for log in (first, second.stderr)]
+    assert seeds[0] != seeds[1]  # the resumed attempt does not replay the same batches
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
+    trained_run, bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run[0] / "checkpoints", run_dir / "checkpoints")
+    newest = run_dir / "checkpoints" / "step-00000008" / "model.ckpt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, still marked complete
+    result = run_asrflow(*train_args(bundled_shards, bundled_eval_manifest, run_dir))
+    assert result.returncode == 0, explain(result)
+    assert re.search(
+        r"checkpoint \S*step-00000008/model.ckpt is unreadable .*trying the previous one", result.stderr
+    )
+    assert "resuming from checkpoint" in result.stderr and "(step 4)" in result.stderr
+    card = last_json_line(result.stdout)
+    assert card["steps"] == MAX_STEPS and card["resumed_from_step"] == 4
+
+
+def test_two_rank_ddp_on_cpu(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    result = run_asrflow(
+        *train_args(bundled_shards, bundled_eval_manifest, run_dir, "--devices", "2", "trainer.max_steps=6")
+    )
+    assert result.returncode == 0, explain(result)
+    card = last_json_line(result.stdout)
+    assert (card["devices"], card["num_nodes"], card["steps"]) == (2, 1, 6)
+    assert "training from step 0 to 6 on 2 process(es)" in result.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_node_torchrun_on_localhost(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    port = str(_free_port())
+    processes = []
+    for node in (0, 1):
+        command = [
+            TORCHRUN,
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--node-rank",
+            str(node),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            port,
+            ASRFLOW,
+            *train_args(bundled_shards, bundled_eval_manifest, run_dir, "trainer.max_steps=6"),
+        ]
+        processes.append(
+            subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=asrflow_env()
+            )
+        )
+    outputs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in processes]
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err[-6000:]
+    card = last_json_line(outputs[0][0])
+    assert (card["devices"], card["num_nodes"], card["steps"]) == (1, 2, 6)  # from torchrun's environment
+    assert storage.is_complete(str(run_dir))
+
+
+def test_fine_tuning_from_a_nemo_with_a_frozen_encoder(
+    trained_run, bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path
+):
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    source = trained_run[0] / "model.nemo"
+    run_dir = tmp_path / "run"
+    result = run_asrflow(
+        *train_args(
+            bundled_shards,
+            bundled_eval_manifest,
+            run_dir,
+            "--init-from",
+            str(source),
+            "--freeze-encoder",
+            "trainer.max_steps=4",
+        )
+    )
+    assert result.returncode == 0, explain(result)
+    assert re.search(r"initialised (\d+) of \1 tensors from", result.stderr)
+    assert "encoder frozen" in result.stderr
+    before = ASRModel.restore_from(str(source), map_location="cpu").state_dict()
+    after = ASRModel.restore_from(str(run_dir / "model.nemo"), map_location="cpu").state_dict()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)  # weights and BN statistics
+    assert not torch.equal(
+        before["decoder.decoder_layers.0.weight"], after["decoder.decoder_layers.0.weight"]
+    )
+
+
+def test_bpe_tokenizer_and_bpe_config(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path):
+    tokenizer = tmp_path / "tokenizer"
+    made = run_asrflow("train-tokenizer", str(bundled_shards), "--out", str(tokenizer), "--vocab-size", "64")
+    assert made.returncode == 0, explain(made)
+    card = last_json_line(made.stdout)
+    assert card["vocab_size"] <= 64 and card["sentences"] == 300
+    assert storage.is_complete(str(tokenizer)) and (tokenizer / "tokenizer.model").stat().st_size > 0
+    # a manifest works as the source too, and the same input gives the same tokenizer bytes
+    for name in ("t2", "t3"):
+        core.train_tokenizer(str(bundled_shards / "tarred_audio_manifest.json"), str(tmp_path / name), 64)
+    assert (tmp_path / "t2" / "tokenizer.model").read_bytes() == (
+        tmp_path / "t3" / "tokenizer.model"
+    ).read_bytes()
+    assert (tmp_path / "t2" / "tokenizer.model").read_bytes() == (tokenizer / "tokenizer.model").read_bytes()
+
+    shrink = [
+        "model.encoder.n_layers=1",
+        "model.encoder.d_model=32",
+        "model.encoder.n_heads=2",
+        "model.encoder.subsampling_conv_channels=32",
+        "model.encoder.conv_kernel_size=9",
+        "model.train_ds.batch_duration=12",
+        "model.train_ds.num_workers=0",
+        "model.train_ds.use_bucketing=false",
+        "model.validation_ds.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.limit_train_batches=3",
+        "trainer.val_check_interval=3",
+        "asrflow.log_every=1",
+    ]
+    run_dir = tmp_path / "run"
+    result = run_asrflow(
+        "train",
+        str(bundled_shards),
+        "--val",
+        str(bundled_eval_manifest),
+        "--config",
+        "conformer_ctc_bpe",
+        "--tokenizer",
+        str(tokenizer),
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "2",
+        *shrink,
+    )
+    assert result.returncode == 0, explain(result)
+    card = last_json_line(result.stdout)
+    assert card["model_class"] == "EncDecCTCModelBPE" and card["steps"] == 3
+    assert card["val_wer"] is not None
+
+
+def test_gcs_shards_and_run_dir(
+    bundled_shards: Path, bundled_eval_manifest: Path, gcs_bucket: str, tmp_path: Path
+):
+    """Shards streamed from gs:// through the pipe: command; checkpoints and model on gs://."""
+    shards = storage.join(gcs_bucket, "tarred")
+    for path in sorted(bundled_shards.rglob("*")):
+        if path.is_file():
+            storage.upload_file(path, storage.join(shards, str(path.relative_to(bundled_shards))))
+    val_dir = storage.join(gcs_bucket, "validation")
+    entries = manifest.read_manifest(str(bundled_eval_manifest))[:6]
+    relative = []
+    for entry in entries:
+        audio = Path(entry["audio_filepath"])
+        audio = audio if audio.is_absolute() else bundled_eval_manifest.parent / audio
+        storage.upload_file(audio, storage.join(val_dir, "audio", audio.name))
+        relative.append({**entry, "audio_filepath": f"audio/{audio.name}"})
+    manifest.write_manifest(storage.join(val_dir, "manifest.json"), relative)
+    run_dir = storage.join(gcs_bucket, "runs", "r1")
+    env = {**asrflow_env(), "ASRFLOW_SCRATCH": str(tmp_path / "scratch")}
+    result = subprocess.run(
+        [
+            ASRFLOW,
+            "train",
+            shards,
+            "--val",
+            storage.join(val_dir, "manifest.json"),
+            "--config",
+            "tiny",
+            "--run-dir",
+            run_dir,
+            "--checkpoint-every",
+            "2",
+            "trainer.max_steps=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, explain(result)
+    card = last_json_line(result.stdout)
+    assert card["model"] == storage.join(run_dir, "model.nemo") and card["steps"] == 4
+    assert storage.is_complete(run_dir) and storage.stat(card["model"]).size > 0
+    assert storage.is_complete(storage.join(run_dir, "checkpoints", "step-00000002"))
+    assert storage.list_files(storage.join(run_dir, "tensorboard"))
