@@ -318,7 +318,7 @@ def iter_items(
     Args:
         source: from :func:`open_source`.
         files: a subset of ``source.files`` (a group).
-        interleave: read this many files at once, a record batch from each in turn, so that
+        interleave: read this many files at once, one item from each in turn, so that
             consecutive items come from different source files. The order is fixed.
         batch_rows: rows per parquet record batch.
 
@@ -330,22 +330,36 @@ def iter_items(
         readers = [_manifest_batches(info.uri, batch_rows) for info in files]
     else:
         readers = [_parquet_batches(info.uri, source.columns, batch_rows) for info in files]
-    for batch in _round_robin(readers, max(1, interleave)):
-        yield from batch
+    yield from _round_robin(readers, max(1, interleave))
 
 
-def _round_robin(readers: list[Iterator[list[Any]]], width: int) -> Iterator[list[Any]]:
+def _round_robin(readers: list[Iterator[list[Any]]], width: int) -> Iterator[Any]:
+    """One item from each of ``width`` open readers in turn; the next reader opens when one ends.
+
+    Readers yield batches; only the current batch of each open reader is held in memory.
+    """
     waiting = collections.deque(readers)
-    active: collections.deque[Iterator[list[Any]]] = collections.deque()
+    active: collections.deque[tuple[Iterator[Any], Iterator[list[Any]]]] = collections.deque()
     while waiting or active:
         while waiting and len(active) < width:
-            active.append(waiting.popleft())
-        reader = active.popleft()
-        batch = next(reader, None)
-        if batch is None:
-            continue
-        yield batch
-        active.append(reader)
+            reader = waiting.popleft()
+            active.append((iter(()), reader))
+        batch, reader = active.popleft()
+        item = next(batch, _END)
+        if item is _END:
+            new_batch = next(reader, None)
+            if new_batch is None:
+                continue  # this reader is done: the next waiting one takes its place
+            batch = iter(new_batch)
+            item = next(batch, _END)
+            if item is _END:
+                active.append((batch, reader))
+                continue
+        yield item
+        active.append((batch, reader))
+
+
+_END = object()
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ once, so each shard mixes utterances from all of its group's files. Member order
 (deterministic) reading order and tar headers are fixed (mtime 0, uid/gid 0, mode 0644), so
 the same input, seed and G give byte-identical shards, whatever ``--workers`` is.
 
-Every shard and manifest is written to a temporary name and renamed when complete (a
-create-only upload on GCS); a group writes its marker ``_groups/group_<g>_of_<G>.json`` last,
+Every shard and manifest is written to a temporary name and renamed when complete (on GCS:
+uploaded, checksummed, when complete); a group writes its marker ``_groups/group_<g>_of_<G>.json`` last,
 the merge writes ``_SUCCESS`` last. A rerun skips finished groups and redoes the others,
 which produces the same bytes as an uninterrupted run.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -71,12 +72,23 @@ def test_layout_is_nemo_tarred(bundled_shards: Path) -> None:
     assert (bundled_shards / "_SUCCESS").exists()
 
 
-def test_every_shard_mixes_source_files(bundled_shards: Path) -> None:
+def test_every_shard_mixes_source_files(bundled_shards: Path, bundled_corpus: Path) -> None:
+    file_of = {}
+    for path in sorted((bundled_corpus / "clean").glob("*.parquet")):
+        file_of.update(
+            {row_id: path.name for row_id in pq.read_table(path, columns=["id"])["id"].to_pylist()}
+        )
     for shard_id in range(4):
         entries = read_manifest(str(bundled_shards / f"sharded_manifests/manifest_{shard_id}.json"))
+        assert {file_of[e["source_id"]] for e in entries} == set(file_of.values())  # all 4 parquet files
         recordings = {e["source_id"].split("/")[0] for e in entries}  # one source recording per prefix
         assert len(recordings) >= 10
         assert 50 <= len(entries) <= 100  # 300 items hashed into 4 shards
+        # consecutive members come from different files (files are read interleaved)
+        switches = sum(
+            file_of[a["source_id"]] != file_of[b["source_id"]] for a, b in itertools.pairwise(entries)
+        )
+        assert switches >= len(entries) // 4
 
 
 def test_nemo_reads_every_utterance_exactly_once(bundled_shards: Path, bundled_corpus: Path) -> None:

@@ -32,13 +32,16 @@ def test_directory_of_parquet(bundled_corpus: Path) -> None:
     assert sf.info(__import__("io").BytesIO(first.audio)).samplerate == 16000
 
 
-def test_interleaving_mixes_files_in_a_fixed_order(bundled_corpus: Path) -> None:
+def test_interleaving_alternates_files_in_a_fixed_order(bundled_corpus: Path) -> None:
     source = sources.open_source(str(bundled_corpus / "clean"))
     order = [item.source for item in sources.iter_items(source, interleave=4, batch_rows=5)]
     files_of_first_20 = [s.split(":row")[0][-22:] for s in order[:20]]
-    assert files_of_first_20 == [f"train-0000{i}-of-00004.parquet"[-22:] for i in range(4) for _ in range(5)]
+    assert files_of_first_20 == [f"train-0000{i % 4}-of-00004.parquet"[-22:] for i in range(20)]
     assert order == [item.source for item in sources.iter_items(source, interleave=4, batch_rows=5)]
     assert sorted(order) == sorted(item.source for item in sources.iter_items(source))
+    # two files open at a time: 0 and 1 alternate until both end, then 2 and 3
+    narrow = [item.source.split(":row")[0][-22:-17] for item in sources.iter_items(source, interleave=2)]
+    assert narrow == ["00000", "00001"] * 75 + ["00002", "00003"] * 75
 
 
 def test_directory_with_several_splits_needs_split(tmp_path: Path, bundled_corpus: Path) -> None:
