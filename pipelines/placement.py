@@ -73,8 +73,12 @@ class NodePool:
 
     @property
     def node_labels(self) -> dict[str, str]:
-        """Labels the pool's manifest sets itself (GKE adds the nodepool/spot/GPU ones)."""
-        return {"app.kubernetes.io/part-of": "asrflow", "asrflow.dev/pool": self.name}
+        """Labels the pool's manifest sets itself (GKE adds the nodepool/spot/GPU ones).
+
+        Never a ``kubernetes.io`` or ``k8s.io`` key (``app.kubernetes.io/…`` included): the
+        kubelet refuses to start with such a ``--node-labels`` entry, so the nodes never join.
+        """
+        return {"asrflow.dev/pool": self.name}
 
 
 CPU_POOL = NodePool(
@@ -123,6 +127,32 @@ DATASET_LABEL = "asrflow.dev/dataset"
 
 HF_TOKEN_SECRET = "asrflow-hf-token"  # Kubernetes Secret holding the hub token
 HF_TOKEN_KEY = "HF_TOKEN"
+
+# --- the cluster side: manifests/ declares these objects (tests cross-check the names) -----
+
+NAMESPACE = "asrflow"  # KFP is installed here too, so every run's pods land in it
+RUNNER_SERVICE_ACCOUNT = "asrflow-runner"  # runs execute as it (Workload Identity, least RBAC)
+VIEWER_ROLE = "asrflow-viewer"  # what `kubectl asrflow` needs; bind people to it
+PRIORITY_CLASS = "asrflow-training"  # the TrainJob pods' priority (TRAINING_RUNTIME sets it)
+TRAINING_RUNTIME = "asrflow-torch-distributed"  # a namespaced Kubeflow Trainer TrainingRuntime
+KFP_VERSION = "2.17.0"  # the KFP backend manifests/overlays/kfp installs (same as the SDK)
+TRAINER_VERSION = "v2.3.0"  # the Kubeflow Trainer release (TrainJob v1alpha1)
+KFP_RUN_ID_LABEL = "pipeline/runid"  # the KFP v2 backend labels every pod of a run with its id
+
+# What KFP itself does with the run's service account, read from the KFP 2.17.0 sources: the
+# driver reads the Workflow and its own pod, the launcher reads its pod and the kfp-launcher
+# ConfigMap (pipeline root), and the Argo executor reports outputs as WorkflowTaskResults.
+# (API group, resource, verb, resource name or "" for any.) With a gs:// pipeline root the
+# launcher uses Workload Identity, so no Secret is read.
+KFP_RUNTIME_RBAC = frozenset(
+    {
+        ("argoproj.io", "workflows", "get", ""),
+        ("argoproj.io", "workflowtaskresults", "create", ""),
+        ("argoproj.io", "workflowtaskresults", "patch", ""),
+        ("", "pods", "get", ""),
+        ("", "configmaps", "get", "kfp-launcher"),
+    }
+)
 
 
 # --- applying placement to KFP tasks -----------------------------------------------------
