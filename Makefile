@@ -46,12 +46,17 @@ bench-quality: install
 corpus: install
 	$(BIN)/python -m tests.corpus.generate --out tests/data/peoples_speech --train 300 --dev 60 --test 60 --seed 0
 
+# Image references come from components/images.py (the same ones the pipeline compiles in);
+# set ASRFLOW_REGISTRY, or ASRFLOW_DATA_IMAGE / ASRFLOW_TRAIN_IMAGE, to use your registry, and
+# compile the pipeline with the same variables set.
 images:
-	@command -v docker >/dev/null || { echo "make images needs a Docker engine (none here)"; exit 1; }
-	docker build -f images/data/Dockerfile -t $${ASRFLOW_DATA_IMAGE:?set ASRFLOW_DATA_IMAGE} .
-	docker build -f images/train/Dockerfile -t $${ASRFLOW_TRAIN_IMAGE:?set ASRFLOW_TRAIN_IMAGE} .
-	docker push $$ASRFLOW_DATA_IMAGE
-	docker push $$ASRFLOW_TRAIN_IMAGE
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (none reachable here)"; exit 1; }
+	@set -e; read -r data train <<< "$$(python3 -c 'from components import images; print(images.DATA_IMAGE, images.TRAIN_IMAGE)')"; \
+	echo "building $$data and $$train"; \
+	docker build -f images/data/Dockerfile -t "$$data" .; \
+	docker build -f images/train/Dockerfile -t "$$train" .; \
+	docker push "$$data"; \
+	docker push "$$train"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

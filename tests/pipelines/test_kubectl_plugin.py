@@ -1,0 +1,374 @@
+"""kubectl asrflow: summaries and choices over pods and TrainJobs built with the real models.
+
+Pods are ``kubernetes.client`` models shaped like the ones KFP v2 (Argo) and Kubeflow
+Trainer (JobSet) create; TrainJobs come from ``pipelines.trainjob.build_trainjob``. No cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+from kubernetes import client as k8s
+
+from components.progress import Progress
+from pipelines import kubectl_plugin as kp
+from pipelines import placement, trainjob
+
+T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
+NOW = T0 + dt.timedelta(hours=3)
+RUN = "3f2a9c1e-0b5d-4c3e-9a51-7d2c1e4b8a10"
+OTHER_RUN = "77aa0000-1111-2222-3333-444455556666"
+WORKFLOW = "asr-training-x7k2p"
+
+
+def kfp_pod(
+    name: str,
+    step: str,
+    *,
+    run: str = RUN,
+    dataset: str = "peoples_speech",
+    node: str | None = None,
+    phase: str = "Succeeded",
+    pool: placement.NodePool = placement.CPU_POOL,
+    minutes: int = 0,
+    conditions: list[k8s.V1PodCondition] | None = None,
+    reason: str | None = None,
+    main_state: k8s.V1ContainerState | None = None,
+    restarts: int = 0,
+) -> k8s.V1Pod:
+    """A KFP v2 task pod: Argo's labels and node name, asrflow's labels, the pool's selector."""
+    labels = {
+        placement.KFP_RUN_ID_LABEL: run,
+        kp.WORKFLOW_LABEL: WORKFLOW,
+        "pipelines.kubeflow.org/v2_component": "true",
+        placement.PART_OF_LABEL: placement.PART_OF,
+        placement.STEP_LABEL: step,
+        placement.DATASET_LABEL: dataset,
+    }
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            namespace=placement.NAMESPACE,
+            labels=labels,
+            annotations={kp.NODE_NAME_ANNOTATION: node or f"{WORKFLOW}.root.{step}.executor"},
+            creation_timestamp=T0 + dt.timedelta(minutes=minutes),
+        ),
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name="wait"), k8s.V1Container(name=kp.KFP_CONTAINER)],
+            node_selector=pool.node_selector,
+        ),
+        status=k8s.V1PodStatus(
+            phase=phase,
+            reason=reason,
+            conditions=conditions,
+            container_statuses=[
+                k8s.V1ContainerStatus(
+                    name=kp.KFP_CONTAINER,
+                    image="img",
+                    image_id="",
+                    ready=phase == "Running",
+                    restart_count=restarts,
+                    state=main_state,
+                )
+            ],
+        ),
+    )
+
+
+def shutdown_condition() -> list[k8s.V1PodCondition]:
+    """What the kubelet's graceful node shutdown leaves on a pod of a reclaimed spot VM."""
+    return [
+        k8s.V1PodCondition(
+            type="DisruptionTarget",
+            status="True",
+            reason="TerminationByKubelet",
+            message="Pod was terminated in response to imminent node shutdown.",
+        )
+    ]
+
+
+def terminated(reason: str, code: int) -> k8s.V1ContainerState:
+    return k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(reason=reason, exit_code=code))
+
+
+def trainjob_pod(name: str, job: str, index: int, *, restart: int = 0, phase: str = "Running") -> k8s.V1Pod:
+    """A pod JobSet makes for a TrainJob node: the labels build_trainjob's patch sets, plus JobSet's."""
+    labels = {
+        placement.PART_OF_LABEL: placement.PART_OF,
+        placement.RUN_LABEL: RUN,
+        placement.STEP_LABEL: "train",
+        placement.DATASET_LABEL: "peoples_speech",
+        trainjob.JOBSET_NAME_LABEL: job,
+        trainjob.COMPLETION_INDEX_LABEL: str(index),
+        kp.JOBSET_RESTART_LABEL: str(restart),
+    }
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(
+            name=name, labels=labels, creation_timestamp=T0 + dt.timedelta(minutes=90 + restart)
+        ),
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name=trainjob.TRAINER_CONTAINER)],
+            node_selector=placement.A100_POOL.node_selector,
+        ),
+        status=k8s.V1PodStatus(phase=phase),
+    )
+
+
+def the_trainjob(state: str | None = None) -> dict[str, Any]:
+    job = trainjob.build_trainjob(
+        name=trainjob.trainjob_name(RUN),
+        namespace=placement.NAMESPACE,
+        image="registry.example/train:1",
+        train_args=["gs://b/tarred"],
+        num_nodes=2,
+        gpu="a100",
+        run_id=RUN,
+        dataset="peoples_speech",
+    ).to_dict()
+    job["metadata"]["creationTimestamp"] = (T0 + dt.timedelta(minutes=89)).isoformat()
+    if state:
+        job["status"] = {"conditions": [{"type": state, "status": "True"}]}
+    return job
+
+
+def progress_line(done: int, total: int) -> str:
+    """A progress line exactly as components/progress.py logs it, with setup_logging's format."""
+    progress = Progress("write-shards utterances", total=total)
+    progress.done = done
+    record = logging.LogRecord("asrflow", logging.INFO, __file__, 1, progress.line(), None, None)
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record)
+
+
+@pytest.fixture
+def pods() -> list[k8s.V1Pod]:
+    shard = f"{WORKFLOW}.root.for-loop-2.iteration-item({{i}}:{{i}}).write-shard-group.executor"
+    return [
+        kfp_pod("dl-1", "download", minutes=0),
+        kfp_pod("ws-0", "write-shards", node=shard.format(i=0), minutes=10),
+        kfp_pod(
+            "ws-1a",
+            "write-shards",
+            node=shard.format(i=1) + "(0)",
+            minutes=10,
+            phase="Failed",
+            main_state=terminated("OOMKilled", 137),
+        ),
+        kfp_pod("ws-1b", "write-shards", node=shard.format(i=1) + "(1)", minutes=14, phase="Running"),
+        kfp_pod(
+            "tr-0",
+            "train",
+            node=f"{WORKFLOW}.root.train.executor(0)",
+            pool=placement.V100_POOL,
+            minutes=30,
+            phase="Failed",
+            reason="Terminated",
+            conditions=shutdown_condition(),
+        ),
+        kfp_pod(
+            "tr-2",
+            "train",
+            node=f"{WORKFLOW}.root.train.executor(2)",
+            pool=placement.V100_POOL,
+            minutes=70,
+            phase="Running",
+        ),
+        kfp_pod("other-dl", "download", run=OTHER_RUN, minutes=-600),
+    ]
+
+
+# --- reading pods ----------------------------------------------------------------------------
+
+
+def test_run_step_retry_and_task_come_from_labels_and_argo_node_names(pods: list[k8s.V1Pod]) -> None:
+    by_name = {p.metadata.name: p for p in pods}
+    assert kp.run_id(by_name["tr-2"]) == RUN
+    assert kp.retry_index(by_name["tr-2"]) == 2
+    assert kp.retry_index(by_name["ws-0"]) == 0
+    assert kp.task_key(by_name["ws-1a"]) == kp.task_key(by_name["ws-1b"])
+    assert kp.task_key(by_name["ws-0"]) != kp.task_key(by_name["ws-1b"])
+    assert kp.node_pool(by_name["tr-2"]) == placement.V100_POOL.name
+    pod = trainjob_pod("tj-a", "job", 1, restart=3)
+    assert (kp.run_id(pod), kp.step_name(pod), kp.retry_index(pod), kp.task_key(pod)) == (
+        RUN,
+        "train (TrainJob)",
+        3,
+        "job/1",
+    )
+
+
+def test_pod_states_name_what_is_wrong() -> None:
+    assert kp.pod_state(kfp_pod("a", "train", phase="Failed", conditions=shutdown_condition())) == "Preempted"
+    assert kp.pod_state(kfp_pod("b", "train", phase="Failed", reason="NodeShutdown")) == "Preempted"
+    assert (
+        kp.pod_state(kfp_pod("c", "x", phase="Failed", main_state=terminated("OOMKilled", 137)))
+        == "OOMKilled"
+    )
+    waiting = k8s.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable")
+    assert kp.pod_state(kfp_pod("d", "x", phase="Pending", conditions=[waiting])) == "Unschedulable"
+    no_secret = k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="CreateContainerConfigError"))
+    assert (
+        kp.pod_state(kfp_pod("e", "x", phase="Pending", main_state=no_secret)) == "CreateContainerConfigError"
+    )
+    assert kp.pod_state(kfp_pod("f", "x", phase="Running")) == "Running"
+    # A pod evicted for memory pressure is the step's own doing, not a preemption.
+    assert kp.pod_state(kfp_pod("g", "x", phase="Failed", reason="Evicted")) == "Failed"
+    assert not kp.is_preempted(kfp_pod("g", "x", phase="Failed", reason="Evicted"))
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+def test_progress_from_this_projects_progress_lines() -> None:
+    log = "\n".join(["starting", progress_line(100, 400), "noise", progress_line(120, 400), "more noise"])
+    assert kp.parse_progress(log).startswith("120/400 (30%) ETA ")
+
+
+def test_progress_from_step_markers_and_tqdm_bars() -> None:
+    assert kp.parse_progress("INFO train: step=1200/50000 loss=0.31\n") == "1200/50000 (2%)"
+    bar = "Epoch 3:  45%|████▌     | 450/1000 [01:02<01:15,  7.24it/s, v_num=0]"
+    assert kp.parse_progress("a\r" + bar + "\n") == "450/1000 (45%)"
+    assert kp.parse_progress("downloading: 3/4 (75%) 1.0/s ETA 12s") == "3/4 (75%) ETA 12s"
+    assert kp.parse_progress("nothing to see\n") == ""
+
+
+# --- summaries and their formatting ------------------------------------------------------
+
+
+def test_summary_of_runs_steps_retries_and_preemptions(pods: list[k8s.V1Pod]) -> None:
+    progress = {"ws-1b": kp.parse_progress(progress_line(120, 400)), "tr-2": "1200/50000 (2%)"}
+    runs = kp.summarize(pods, [], progress)
+    assert [r.run for r in runs] == [RUN, OTHER_RUN]
+    run = runs[0]
+    assert run.status == "Running" and run.workflow == WORKFLOW
+    steps = {s.step: s for s in run.steps}
+    assert [s.step for s in run.steps] == ["download", "write-shards", "train"]
+    assert steps["download"].status == "Succeeded" and steps["download"].progress == "done"
+    ws = steps["write-shards"]
+    assert (ws.status, ws.tasks_done, ws.tasks, ws.restarts, ws.preempted) == ("Running", 1, 2, 1, 0)
+    assert ws.progress.startswith("120/400 (30%)")
+    train = steps["train"]
+    assert (train.status, train.pool, train.restarts, train.preempted) == (
+        "Running",
+        placement.V100_POOL.name,
+        2,
+        1,
+    )
+    assert train.pods == ["tr-2", "tr-0"]
+
+
+def test_a_failed_task_fails_the_step_when_nothing_runs() -> None:
+    pods = [
+        kfp_pod("a", "write-shards", node="w.root.g(0:0).executor"),
+        kfp_pod(
+            "b",
+            "write-shards",
+            node="w.root.g(1:1).executor",
+            phase="Failed",
+            main_state=terminated("Error", 1),
+        ),
+    ]
+    (run,) = kp.summarize(pods)
+    (step,) = run.steps
+    assert (step.status, step.tasks_done, step.tasks, step.progress) == ("Error", 1, 2, "")
+    assert run.status == "Error"
+
+
+def test_trainjobs_and_their_pods_join_their_run(pods: list[k8s.V1Pod]) -> None:
+    job = the_trainjob()
+    name = job["metadata"]["name"]
+    tj_pods = [trainjob_pod("tj-0", name, 0), trainjob_pod("tj-1", name, 1, restart=1)]
+    runs = kp.summarize(pods + tj_pods, [job])
+    run = next(r for r in runs if r.run == RUN)
+    (summary,) = run.trainjobs
+    assert (summary.name, summary.step, summary.state, summary.nodes) == (name, "train", "Running", 2)
+    tj_step = next(s for s in run.steps if s.step == "train (TrainJob)")
+    assert (tj_step.tasks, tj_step.restarts, tj_step.pool) == (2, 1, placement.A100_POOL.name)
+    done = kp.summarize([], [the_trainjob("Complete")])
+    assert done[0].status == "Succeeded" and done[0].trainjobs[0].state == "Complete"
+
+
+def test_format_runs_reads_like_kubectl(pods: list[k8s.V1Pod]) -> None:
+    job = the_trainjob("Failed")
+    text = kp.format_runs(kp.summarize(pods, [job], {"tr-2": "1200/50000 (2%)"}), NOW)
+    lines = text.splitlines()
+    assert lines[0] == f"RUN {RUN}  Running  workflow {WORKFLOW}  started {T0.isoformat()} (3h00m ago)"
+    header = lines[1].split()
+    assert header == list(kp.STEP_HEADER)
+    train = next(line for line in lines if line.split()[0] == "train")
+    assert train.split() == [
+        "train",
+        "peoples_speech",
+        "Running",
+        placement.V100_POOL.name,
+        "0/1",
+        "2",
+        "1",
+        "1200/50000",
+        "(2%)",
+        "2h30m",
+    ]
+    # columns line up: every row's STATUS starts where the header's does
+    column = lines[1].index("STATUS")
+    for line in lines[2:5]:
+        assert line[column - 2 : column] == "  " and line[column] != " "
+    assert f"  TrainJob {job['metadata']['name']} (step train): Failed, 2 node(s)" in lines
+    assert f"RUN {OTHER_RUN}  Succeeded" in text
+    assert kp.format_runs([], NOW) == "no asrflow runs found"
+
+
+# --- choosing a pod for logs -------------------------------------------------------------
+
+
+def test_logs_picks_the_newest_attempt_or_the_one_asked_for(pods: list[k8s.V1Pod]) -> None:
+    pod, others = kp.choose_pod(pods, RUN[:4], "train")
+    assert pod.metadata.name == "tr-2" and [p.metadata.name for p in others] == ["tr-0"]
+    pod, _ = kp.choose_pod(pods, WORKFLOW, "train", attempt=0)
+    assert pod.metadata.name == "tr-0"
+    assert kp.log_container(pod) == kp.KFP_CONTAINER
+    assert kp.log_container(trainjob_pod("t", "j", 0)) == trainjob.TRAINER_CONTAINER
+
+
+def test_logs_explains_what_does_not_match(pods: list[k8s.V1Pod]) -> None:
+    with pytest.raises(click.ClickException, match="its steps: download, train, write-shards"):
+        kp.choose_pod(pods, RUN, "evaluate")
+    with pytest.raises(click.ClickException, match="kubectl asrflow runs"):
+        kp.choose_pod(pods, "nope", "train")
+    twins = [kfp_pod("x", "train", run="abc-1"), kfp_pod("y", "train", run="abc-2")]
+    with pytest.raises(click.UsageError, match="ambiguous"):
+        kp.choose_pod(twins, "abc", "train")
+
+
+def test_progress_is_read_from_one_running_pod_per_step(pods: list[k8s.V1Pod]) -> None:
+    assert sorted(p.metadata.name for p in kp.progress_pods(pods)) == ["tr-2", "ws-1b"]
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def test_help_explains_the_columns() -> None:
+    result = CliRunner().invoke(kp.cli, ["runs", "--help"])
+    assert result.exit_code == 0
+    for column in ("PREEMPTED", "RESTARTS", "PROGRESS", "step=N/M"):
+        assert column in result.output
+
+
+def test_console_script_and_kubectl_find_the_plugin() -> None:
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run([str(bin_dir / "kubectl-asrflow"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: kubectl asrflow" in result.stdout and "logs" in result.stdout
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    via_kubectl = subprocess.run(
+        [str(bin_dir / "kubectl"), "asrflow", "logs", "--help"], capture_output=True, text=True, env=env
+    )
+    assert via_kubectl.returncode == 0, via_kubectl.stderr
+    assert "RUN STEP" in via_kubectl.stdout
