@@ -185,29 +185,40 @@ class TarShard:
 
     The framing is tarfile's own (a header as ``TarInfo.tobuf`` makes it, data padded to
     512 bytes, two zero blocks and padding to a 10 KiB record at the end), without tarfile's
-    list of members, which would grow with the shard.
+    list of members, which would grow with the shard. Members collect in a buffer of
+    ``buffer_bytes`` so that a shard of small utterances costs few system calls.
     """
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: IO[bytes], buffer_bytes: int = 256 * 1024) -> None:
         self.out = out
         self.offset = 0
         self.members = 0
+        self.buffer = bytearray()
+        self.buffer_bytes = buffer_bytes
 
     def add(self, name: str, data: bytes) -> None:
         header = member_header(name, len(data))
         padding = -len(data) % tarfile.BLOCKSIZE
-        self.out.write(header)
-        self.out.write(data)
+        buffer = self.buffer
+        buffer += header
+        buffer += data
         if padding:
-            self.out.write(tarfile.NUL * padding)
+            buffer += tarfile.NUL * padding
         self.offset += len(header) + len(data) + padding
         self.members += 1
+        if len(buffer) >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        self.out.write(self.buffer)
+        self.buffer.clear()
 
     def close(self) -> None:
         end = self.offset + 2 * tarfile.BLOCKSIZE
         end += -end % tarfile.RECORDSIZE
-        self.out.write(tarfile.NUL * (end - self.offset))
+        self.buffer += tarfile.NUL * (end - self.offset)
         self.offset = end
+        self.flush()
 
 
 def tar_name(shard_id: int) -> str:
@@ -644,7 +655,9 @@ def _write_all_groups(plan: Plan, out_dir: str, workers: int) -> None:
         # workers start from a fork server that has imported this module once: no thread
         # state of this process is inherited, and no worker pays the imports again
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "components.sources", "components.audio"])
+        context.set_forkserver_preload(
+            [__name__, "components.sources", "components.audio", "pyarrow.parquet", "soundfile"]
+        )
         with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=setup_logging) as pool:
             futures = [pool.submit(write_group, plan, index, out_dir) for index in range(count)]
             results = []
