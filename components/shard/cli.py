@@ -98,6 +98,11 @@ def write_shards(
     and non-empty after normalisation. The same INPUT, --seed and --groups give the same
     bytes; a rerun after a crash finishes the work and gives the same bytes too.
 
+    Reject reasons: audio_missing, audio_empty, audio_corrupt, sample_rate, channels,
+    duration_mismatch, text_empty, text_not_utf8, manifest_malformed, duplicate_id; and
+    too_short, too_long from the duration filters, which do not count towards
+    --max-reject-fraction.
+
     \b
     One machine:   asrflow write-shards data/raw --out data/tarred --num-shards 64 --seed 1
     Fan-out:       asrflow write-shards IN --out OUT --num-shards 64 --group 3/16   (x16)
