@@ -224,7 +224,7 @@ def _configure_data(cfg: DictConfig, dataset: Any, val_manifest: str, seed: int)
                 train_ds.bucket_duration_bins = [float(b) for b in bins]
                 train_ds.num_buckets = len(bins) + 1
                 log.info(
-                    "bucketing with %d duration bins %s",
+                    "bucketing into %d buckets %s",
                     len(bins) + 1,
                     "from the config"
                     if train_ds.get("bucket_duration_bins") is bins
@@ -604,3 +604,75 @@ def train_tokenizer(
     cards.write_card(out, card)
     storage.mark_complete(out)
     return card
+
+
+# --- launching: the command line for KFP tasks and TrainJobs -----------------------------------
+
+
+def run_dir_for(data_root: str, run_id: str) -> str:
+    """``DATA_ROOT/runs/<run_id>``: where a pipeline run's training writes."""
+    return storage.join(data_root, "runs", run_id)
+
+
+def train_argv(
+    tarred_dir: str,
+    val_manifest: str,
+    run_dir: str,
+    config: str = "conformer_ctc_char",
+    overrides: list[str] | tuple[str, ...] = (),
+    checkpoint_every: int | None = None,
+    init_from: str | None = None,
+    freeze_encoder: bool = False,
+    tokenizer_dir: str | None = None,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+    precision: str | None = None,
+) -> list[str]:
+    """The arguments after ``asrflow`` that run :func:`train` with these settings.
+
+    A KFP task runs this command in a child process (Lightning starts DDP ranks by
+    re-running the command line, which must be ``asrflow train``, not the KFP executor); a
+    multi-node TrainJob runs it under torchrun on every node (devices and nodes then come
+    from torchrun's environment, so leave them None).
+    """
+    argv = ["train", tarred_dir, "--val", val_manifest, "--config", config, "--run-dir", run_dir]
+    if checkpoint_every:
+        argv += ["--checkpoint-every", str(checkpoint_every)]
+    if init_from:
+        argv += ["--init-from", init_from]
+    if freeze_encoder:
+        argv.append("--freeze-encoder")
+    if tokenizer_dir:
+        argv += ["--tokenizer", tokenizer_dir]
+    if devices:
+        argv += ["--devices", str(devices)]
+    if num_nodes:
+        argv += ["--num-nodes", str(num_nodes)]
+    if precision:
+        argv += ["--precision", precision]
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
+    return argv + list(overrides)
+
+
+def run_asrflow(argv: list[str]) -> int:
+    """Run ``asrflow ARGV`` as a child process; its output is ours; SIGTERM is passed on.
+
+    Returns the child's exit status (143 for a preempted training run), so a KFP task can
+    exit with it.
+    """
+    import signal
+    import subprocess
+
+    command = [sys.executable, "-m", "components.train", *argv]
+    child = subprocess.Popen(command)
+
+    def forward(signum: int, frame: Any) -> None:
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

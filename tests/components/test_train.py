@@ -482,3 +482,49 @@ def test_gcs_shards_and_run_dir(
     assert storage.is_complete(run_dir) and storage.stat(card["model"]).size > 0
     assert storage.is_complete(storage.join(run_dir, "checkpoints", "step-00000002"))
     assert storage.list_files(storage.join(run_dir, "tensorboard"))
+
+
+def test_train_argv_is_what_the_cli_parses():
+    from components.train.cli import train as train_command
+
+    argv = core.train_argv(
+        "shards",
+        "val.json",
+        "gs://b/runs/r",
+        config="small",
+        overrides=["trainer.max_steps=9"],
+        checkpoint_every=3,
+        init_from="m.nemo",
+        freeze_encoder=True,
+        devices=2,
+        precision="32",
+    )
+    assert argv[0] == "train"
+    params = train_command.make_context("train", argv[1:]).params
+    assert params["tarred_dir"] == "shards" and params["run_dir"] == "gs://b/runs/r"
+    assert params["overrides"] == ("trainer.max_steps=9",) and params["checkpoint_every"] == 3
+    assert params["freeze_encoder"] and params["devices"] == 2 and params["num_nodes"] is None
+    with pytest.raises(core.TrainError, match="key=value"):
+        core.train_argv("s", "v", "r", overrides=["oops"])
+
+
+def test_train_component_in_kfp_local(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path):
+    from kfp import local
+
+    from components.train.component import train as train_component
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    task = train_component(
+        tarred_dir=str(bundled_shards),
+        val_manifest=str(bundled_eval_manifest),
+        data_root=str(tmp_path / "root"),
+        run_id="run-1",
+        config="tiny",
+        max_steps=3,
+        checkpoint_every=2,
+    )
+    run_dir = tmp_path / "root" / "runs" / "run-1"
+    assert task.outputs["model_uri"] == str(run_dir / "model.nemo")
+    card = json.loads(Path(task.outputs["card"].path).read_text())
+    assert card["steps"] == 3 and storage.is_complete(str(run_dir))
+    assert task.outputs["metrics"].metadata["hours_seen"] > 0

@@ -1,0 +1,163 @@
+"""``make bench-quality``: train the small CPU config for 500 steps on ~1 hour of speech.
+
+Generates a corpus of about one hour of synthetic espeak-ng/flite speech (plus 60 validation
+and 60 held-out test sentences), writes it as NeMo tarred shards, estimates bucket bins,
+trains ``components/train/conf/small.yaml`` with ``asrflow train`` and prints WER/CER on
+the 60 held-out test sentences before training (the fresh model) and after. Not in CI: it
+takes about an hour on two CPU cores. Figures, never asserts.
+
+    python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from components.progress import format_seconds, setup_logging
+
+log = logging.getLogger("asrflow.bench_quality")
+
+CONFIG = "small"
+SEED = 0
+
+
+def make_data(workdir: Path, hours: float) -> tuple[Path, Path, Path]:
+    """Corpus -> tarred shards with bins, validation and test manifests (each step once)."""
+    from components import storage
+    from components.shard.core import write_shards
+    from components.sources import export_manifest
+    from tests.corpus.generate import generate_corpus
+
+    corpus = workdir / "corpus"
+    if not (corpus / "SHA256SUMS").exists():
+        started = time.monotonic()
+        generate_corpus(corpus, train=0, dev=60, test=60, seed=SEED, hours=hours, train_files=4)
+        log.info("corpus of %.1f h generated in %s", hours, format_seconds(time.monotonic() - started))
+    tarred = workdir / "tarred"
+    if not storage.is_complete(str(tarred)):
+        write_shards(str(corpus / "clean"), str(tarred), num_shards=8, seed=SEED, workers=2)
+    estimate_bins(tarred)
+    validation = Path(export_manifest(str(corpus / "validation"), str(workdir / "validation")))
+    test = Path(export_manifest(str(corpus / "test"), str(workdir / "test")))
+    return tarred, validation, test
+
+
+def estimate_bins(tarred: Path, num_buckets: int = 8) -> None:
+    """Bucket bins into metadata.yaml with estimate-buckets (or Lhotse directly without it)."""
+    try:
+        from components.buckets.core import estimate_buckets
+    except ImportError:
+        estimate_buckets = None
+    if estimate_buckets is not None:
+        estimate_buckets(str(tarred), num_buckets=num_buckets, batch_duration=80.0)
+        return
+    import yaml
+    from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+
+    from components import manifest
+
+    durations = [
+        float(e["duration"]) for e in manifest.read_manifest(str(tarred / "tarred_audio_manifest.json"))
+    ]
+    bins = [float(b) for b in estimate_duration_buckets(durations, num_buckets=num_buckets)]
+    metadata = yaml.safe_load((tarred / "metadata.yaml").read_text()) or {}
+    metadata.setdefault("dataset_config", {})["bucket_duration_bins"] = bins
+    (tarred / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+
+
+def score(model_path: Path, test: Path, out: Path) -> dict[str, Any]:
+    """WER and CER of a model on the test manifest, by the evaluate step's core."""
+    from components.evaluate.core import evaluate
+
+    card = evaluate(str(model_path), [f"test={test}"], str(out), device="cpu", echo=False)
+    return card["sets"]["test"]
+
+
+def untrained_model(path: Path, overrides: list[str]) -> Path:
+    """The fresh model the training run starts from (same config and seed)."""
+    if not path.exists():
+        import lightning.pytorch as pl
+
+        from components.train.core import build_model, load_config
+
+        cfg = load_config(CONFIG, overrides)
+        pl.seed_everything(int(cfg.asrflow.seed), verbose=False)
+        build_model(cfg).save_to(str(path))
+    return path
+
+
+def train(tarred: Path, validation: Path, run_dir: Path, steps: int, overrides: list[str]) -> dict[str, Any]:
+    """``asrflow train`` as a user runs it; its log goes to RUN_DIR.log and to our stderr."""
+    command = [
+        str(Path(sys.executable).with_name("asrflow")),
+        "train",
+        str(tarred),
+        "--val",
+        str(validation),
+        "--config",
+        CONFIG,
+        "--run-dir",
+        str(run_dir),
+        f"trainer.max_steps={steps}",
+        *overrides,
+    ]
+    log.info("running: %s", " ".join(command))
+    with open(run_dir.with_suffix(".log"), "a") as log_file:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        last = ""
+        for line in process.stdout:
+            log_file.write(line)
+            log_file.flush()
+            if "asrflow.train" in line:
+                sys.stderr.write(line)
+            if line.strip():
+                last = line
+        if process.wait() != 0:
+            raise SystemExit(f"asrflow train failed with exit code {process.returncode}; see {log_file.name}")
+    return json.loads(last)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="make bench-quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp dir)")
+    parser.add_argument("--hours", type=float, default=1.0, help="hours of training speech (default 1)")
+    parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the small config")
+    args = parser.parse_args(argv)
+    setup_logging()
+    with tempfile.TemporaryDirectory(prefix="asrflow-bench-quality-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        tarred, validation, test = make_data(workdir, args.hours)
+        before = score(
+            untrained_model(workdir / "untrained.nemo", args.overrides), test, workdir / "eval-before"
+        )
+        started = time.monotonic()
+        card = train(tarred, validation, workdir / "run", args.steps, args.overrides)
+        wall = time.monotonic() - started
+        after = score(Path(card["model"]), test, workdir / "eval-after")
+        corpus_hours = card.get("dataset_hours") or args.hours
+        print(
+            f"bench-quality: config {CONFIG} ({card['parameters'] / 1e6:.1f}M parameters), "
+            f"{card['steps']} steps, {card['hours_seen']:.2f} audio hours seen ({corpus_hours:.2f} h data), "
+            f"train {format_seconds(wall)} wall, {card['throughput_audio_s_per_s']:.1f} audio-s/s"
+        )
+        print(f"  60 held-out sentences  before: WER {before['wer']:.1%}  CER {before['cer']:.1%}")
+        print(
+            f"                         after:  WER {after['wer']:.1%}  CER {after['cer']:.1%}  "
+            f"(val_wer during training {card['val_wer']:.1%}; targets: WER <= 25%, CER <= 8%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
