@@ -367,8 +367,7 @@ def _parquet_file(uri: str) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     with contextlib.ExitStack() as stack:
-        # buffer_size streams each column chunk instead of reading it whole: bounded memory
-        # whatever row-group size the dataset was written with
+        # buffer_size reads column chunks through a bounded buffer, not in one piece
         source = stack.enter_context(storage.open_read(uri)) if storage.is_gcs(uri) else uri
         parquet = pq.ParquetFile(source, buffer_size=PARQUET_BUFFER_BYTES)
         stack.callback(parquet.close)
@@ -403,7 +402,7 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
             for name in columns.needed()
         ]
         row = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
+        for batch in _record_batches(parquet, batch_rows, wanted):
             audio_col = batch.column(columns.audio)
             if audio_is_struct:
                 audio_col = pc.struct_field(audio_col, "bytes")
@@ -430,6 +429,16 @@ def _parquet_batches(uri: str, columns: Columns, batch_rows: int) -> Iterator[li
                 )
             ]
             row += batch.num_rows
+
+
+def _record_batches(parquet: Any, batch_rows: int, columns: list[str]) -> Iterator[Any]:
+    """Record batches one row group at a time: Arrow decodes a whole row group before it
+    slices batches, and given all row groups at once it reads ahead; this way a file holds
+    at most one row group in memory (the hub writes audio datasets in 100-row groups)."""
+    for row_group in range(parquet.num_row_groups):
+        yield from parquet.iter_batches(
+            batch_size=batch_rows, row_groups=[row_group], columns=columns, use_threads=False
+        )
 
 
 def _as_binary(column: Any) -> Any:

@@ -51,7 +51,9 @@ log = logging.getLogger("asrflow.write_shards")
 
 STEP = "write-shards"
 FILES_PER_GROUP = 8
-INTERLEAVE = 8
+INTERLEAVE = 4
+"""Input files a group reads at once (one item from each in turn); memory holds about one
+parquet row group per open file."""
 GROUPS_DIR = "_groups"
 MANIFEST_NAME = "tarred_audio_manifest.json"
 SHARDED_DIR = "sharded_manifests"

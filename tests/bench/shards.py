@@ -2,7 +2,8 @@
 
 ``python -m tests.bench shards [--workdir DIR]`` generates (once, cached under the workdir) a
 People's-Speech-shaped corpus of at least an hour, then measures, each job in its own child
-process timed from inside (imports excluded) and by ``os.wait4`` (peak RSS):
+process, timed from inside (imports excluded), with its peak RSS (VmHWM; a one-worker run
+does all the work in that process):
 
 * the baseline: read the parquet audio column and write every audio blob into one tar;
 * write-shards with one worker: audio hours per CPU core-minute and MB/s, and the ratio of
@@ -30,6 +31,14 @@ TRAIN_FILES = 8
 SCALE = 4
 NUM_SHARDS = 8
 REPEATS = 3
+# the corpus generator's parquet layout, so that the 4x input reads like the 1x one
+WRITE_OPTIONS = {
+    "row_group_size": 100,
+    "compression": "snappy",
+    "use_dictionary": ["id", "text"],
+    "write_statistics": True,
+    "version": "2.6",
+}
 
 
 def ensure_corpus(workdir: Path) -> Path:
@@ -60,7 +69,9 @@ def ensure_scaled(train: Path, workdir: Path, factor: int) -> Path:
     files = sorted(train.glob("*.parquet"))
     count = len(files) * factor
     names = [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
-    if out.is_dir() and sorted(p.name for p in out.glob("*.parquet")) == names:
+    stamp = out / "bench.json"
+    wanted = {"factor": factor, "files": [p.name for p in files], "layout": WRITE_OPTIONS}
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return out
     out.mkdir(parents=True, exist_ok=True)
     for copy in range(factor):
@@ -68,7 +79,8 @@ def ensure_scaled(train: Path, workdir: Path, factor: int) -> Path:
             table = pq.read_table(path)
             ids = pc.binary_join_element_wise(table.column("id"), pa.scalar(f"-copy{copy}"), "")
             table = table.set_column(0, "id", ids.cast(pa.string()))
-            pq.write_table(table, out / names[copy * len(files) + index], row_group_size=100)
+            pq.write_table(table, out / names[copy * len(files) + index], **WRITE_OPTIONS)
+    stamp.write_text(json.dumps(wanted))
     return out
 
 
@@ -248,13 +260,19 @@ def main() -> None:
     parser.add_argument("--job", nargs="+", required=True, help="internal: run one measured job")
     args = parser.parse_args()
     _child_main(args.job)
-    import resource
+    print(f"MAXRSS_KB {peak_rss_kb()}", file=sys.stderr)
 
-    peak = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
-    print(f"MAXRSS_KB {peak}", file=sys.stderr)
+
+def peak_rss_kb() -> int:
+    """This process's peak resident memory (VmHWM).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that over ``exec`` from the process that
+    forked, so a child of a big parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":
