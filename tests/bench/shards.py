@@ -215,6 +215,7 @@ def run(workdir: Path) -> None:
         f"{TRAIN_FILES} files; {SCALE}x input: {many['hours']:.2f} h, {many['mb']:.1f} MB",
         flush=True,
     )
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     out = str(workdir / "out")
     results = {}
     for label, data, stats in (("1x", train, one), (f"{SCALE}x", scaled, many)):
@@ -233,7 +234,8 @@ def run(workdir: Path) -> None:
     pooled = best("shards", str(scaled), out, "2", "2")
     print(
         f"   {'write-shards, 2 workers x 2 groups':<36} {stats['mb'] / pooled['wall_s']:7.1f} MB/s  "
-        f"wall {pooled['wall_s']:.2f} s (workers run under a fork server: CPU not counted here)",
+        f"wall {pooled['wall_s']:.2f} s, worker start-up included (their CPU is not counted: "
+        "they run under a fork server)",
         flush=True,
     )
     rss_one, rss_many = results["1x"][2]["max_rss_mb"], results[f"{SCALE}x"][2]["max_rss_mb"]
