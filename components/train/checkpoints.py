@@ -131,14 +131,18 @@ class CheckpointStore:
         else:
             local = Path(directory, f"{storage.TEMP_PREFIX}{CKPT_NAME}")
         if trainer.is_global_zero:
+            # An unmarked file here is a write that did not finish (or a corrupt checkpoint
+            # being replaced): remove it, so that the upload below can be create-only.
             storage.delete(storage.join(directory, storage.SUCCESS_MARKER))
+            if storage.is_gcs(target):
+                storage.delete(target)
             local.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(str(local))
         if not trainer.is_global_zero:
             return target
         size = local.stat().st_size
         if storage.is_gcs(target):
-            storage.upload_file(local, target, overwrite=True)
+            storage.upload_file(local, target)  # create-only, checksummed
             local.unlink()
         else:
             with open(local, "rb") as stream:

@@ -384,6 +384,9 @@ def train(
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # one handler (ours): no doubled lines
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     pl.seed_everything(base_seed, workers=True, verbose=False)
     tb_dir = Path(run_dir) if not storage.is_gcs(run_dir) else work
     logger = TensorBoardLogger(save_dir=str(tb_dir), name="tensorboard", version="", default_hp_metric=False)
@@ -487,7 +490,8 @@ def _finish(
     )
     model.save_to(str(local_model))
     if storage.is_gcs(run_dir):
-        storage.upload_file(local_model, model_uri, overwrite=True)
+        storage.delete(model_uri)  # left by an attempt that died before _SUCCESS: not final
+        storage.upload_file(local_model, model_uri)  # create-only, checksummed
         local_model.unlink()
     else:
         os.replace(local_model, model_uri)
