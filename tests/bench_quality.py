@@ -111,17 +111,16 @@ def train(tarred: Path, validation: Path, run_dir: Path, steps: int, overrides: 
     ]
     log.info("running: %s", " ".join(command))
     with open(run_dir.with_suffix(".log"), "a") as log_file:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        last = ""
-        for line in process.stdout:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in process.stderr:  # the log; the card comes on stdout
             log_file.write(line)
             log_file.flush()
             if "asrflow.train" in line:
                 sys.stderr.write(line)
-            if line.strip():
-                last = line
+        stdout = process.stdout.read()
         if process.wait() != 0:
             raise SystemExit(f"asrflow train failed with exit code {process.returncode}; see {log_file.name}")
+    last = stdout.strip().splitlines()[-1]
     return json.loads(last)
 
 

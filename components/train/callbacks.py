@@ -85,6 +85,7 @@ class TrainingMonitor(Callback):
         self.attempt_audio_seconds = 0.0
         self.attempt_train_seconds = 0.0
         self.last_loss: float | None = None
+        self.window_loss: float | None = None  # mean over the steps of the last log line
         self.val_wer: float | None = None
         self.val_loss: float | None = None
         self.val_step: int | None = None
@@ -159,6 +160,7 @@ class TrainingMonitor(Callback):
     def _log_step(self, trainer: Trainer, step: int) -> None:
         seconds, audio, loss = self._window.take()
         self.attempt_train_seconds += seconds
+        self.window_loss = loss
         if not trainer.is_global_zero:
             return
         rate = audio / seconds if seconds > 0 else 0.0

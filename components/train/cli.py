@@ -84,6 +84,9 @@ def train(
 ) -> None:
     """Train a NeMo Conformer-CTC model on TARRED_DIR (from write-shards) to trainer.max_steps.
 
+    TARRED_DIR is local or gs://; shards on gs:// are streamed into NeMo's Lhotse reader
+    through a pipe: command (python -m components.train.cat), never copied whole.
+
     KEY=VALUE items override the config (OmegaConf dotlist), e.g. trainer.max_steps=20000
     model.optim.lr=1.5 model.train_ds.batch_duration=900. Multi-node: run under torchrun
     (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, NODE_RANK come from it).

@@ -505,7 +505,7 @@ def _finish(
         "max_steps": int(cfg.trainer.max_steps),
         "resumed_from_step": start_step,
         "hours_seen": round(monitor.hours_seen, 4),
-        "final_train_loss": monitor.last_loss,
+        "final_train_loss": monitor.window_loss if monitor.window_loss is not None else monitor.last_loss,
         "val_wer": monitor.val_wer,
         "throughput_audio_s_per_s": round(monitor.attempt_throughput, 2),
         "train_wall_seconds": round(wall_seconds, 1),
