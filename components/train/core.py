@@ -102,6 +102,9 @@ class Hardware:
         return self.devices * self.num_nodes
 
 
+FP16_PRECISIONS = ("16-mixed", "16-true", "16")
+
+
 def precision_for(accelerator: str) -> str:
     """bf16-mixed on compute capability 8 and newer (A100, H100), 16-mixed on 7.x (V100), else 32."""
     if accelerator != "gpu":
@@ -138,6 +141,11 @@ def resolve_hardware(
         num_nodes = int(world) // int(local_world) if world and local_world else 1
     if devices < 1 or num_nodes < 1:
         raise TrainError(f"devices ({devices}) and num_nodes ({num_nodes}) must be at least 1")
+    if accelerator == "cpu" and precision in FP16_PRECISIONS:
+        # A GPU pool's setting reaching a CPU run (a local pipeline run): float16 autocast on
+        # CPU is many times slower than float32, and gains nothing.
+        log.warning("precision %s needs a GPU; training in 32 on this CPU", precision)
+        precision = "32"
     return Hardware(accelerator, devices, num_nodes, precision or precision_for(accelerator))
 
 

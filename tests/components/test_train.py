@@ -125,6 +125,7 @@ def test_hardware_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch):
     assert (hardware.devices, hardware.num_nodes, hardware.world_size) == (1, 2, 2)
     assert hardware.precision == "32"  # no GPU here
     assert core.resolve_hardware(devices=2, num_nodes=1, precision="bf16-mixed").precision == "bf16-mixed"
+    assert core.resolve_hardware(precision="16-mixed").precision == "32"  # a V100 pool's setting on CPU
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delenv("WORLD_SIZE")
     assert core.resolve_hardware().world_size == 1
