@@ -179,6 +179,15 @@ def _is_temp(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """Write a file so that readers see all of it or none of it.
@@ -201,6 +210,7 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
             yield tmp
             tmp.flush()
             os.fsync(tmp.fileno())
+            os.fchmod(tmp.fileno(), _NEW_FILE_MODE)  # mkstemp makes 0600; readers need what open() gives
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

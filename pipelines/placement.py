@@ -159,9 +159,9 @@ KFP_RUNTIME_RBAC = frozenset(
 
 DATA_RETRIES = 3
 TRAIN_RETRIES = 10  # budget for spot preemptions: a restarted train step resumes, so each costs little
-BACKOFF = "2m"
+BACKOFF = "120s"
 BACKOFF_FACTOR = 2.0
-MAX_BACKOFF = "30m"
+MAX_BACKOFF = "1800s"
 
 
 def label_task(task, step: str, dataset: str = "") -> None:
@@ -207,10 +207,11 @@ def place_data_step(task, step: str, dataset: str = "", cache: bool = True):
     return task
 
 
-def place_train_step(task, step: str, gpu: str, gpus: int, dataset: str = ""):
+def place_gpu_step(task, step: str, gpu: str, gpus: int, dataset: str = "", retries: int = TRAIN_RETRIES):
     """A GPU step on a spot pool: GPUs, taints tolerated, /dev/shm, a preemption retry budget.
 
-    Never cached: a rerun must resume from its checkpoints, not reuse an old result.
+    Never cached: a rerun of training must resume from its checkpoints, not reuse an old
+    result, and evaluation must score the model this run made.
     """
     from kfp import kubernetes
 
@@ -222,8 +223,17 @@ def place_train_step(task, step: str, gpu: str, gpus: int, dataset: str = ""):
     kubernetes.empty_dir_mount(
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
     )
-    task.set_retry(TRAIN_RETRIES, backoff_duration="1m", backoff_factor=1.5, backoff_max_duration="10m")
+    task.set_retry(retries, backoff_duration="60s", backoff_factor=1.5, backoff_max_duration="600s")
     task.set_caching_options(False)
-    task.set_env_variable("ASRFLOW_PRECISION", pool.precision)
     label_task(task, step, dataset)
+    return task
+
+
+def use_hub_token(task):
+    """``HF_TOKEN`` from the Kubernetes Secret (optional: public datasets need none)."""
+    from kfp import kubernetes
+
+    kubernetes.use_secret_as_env(
+        task, secret_name=HF_TOKEN_SECRET, secret_key_to_env={HF_TOKEN_KEY: "HF_TOKEN"}, optional=True
+    )
     return task

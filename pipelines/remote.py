@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-RUNNER_SERVICE_ACCOUNT = "asrflow-runner"
+from pipelines.placement import NAMESPACE, RUNNER_SERVICE_ACCOUNT
 
 
 def _client(host: str, namespace: str | None) -> Any:
     import kfp
 
-    return kfp.Client(host=host, namespace=namespace or "kubeflow")
+    return kfp.Client(host=host, namespace=namespace or NAMESPACE)
 
 
 def _experiment_id(client: Any, name: str, namespace: str | None) -> str:

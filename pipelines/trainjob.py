@@ -24,8 +24,7 @@ GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 KIND = "TrainJob"
-RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs
-TRAINER_CONTAINER = "node"  # the trainer container and replicated job in that runtime
+TRAINER_CONTAINER = "node"  # the trainer container and replicated job in our TrainingRuntime
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGER = "asrflow.dev/pipeline"
@@ -35,7 +34,7 @@ MANAGER = "asrflow.dev/pipeline"
 REQUIRED_RBAC = frozenset(
     {(GROUP, PLURAL, verb) for verb in ("create", "get", "list", "watch", "delete")}
     | {("", "pods", verb) for verb in ("get", "list", "watch")}
-    | {("", "pods/log", verb) for verb in ("get", "list", "watch")}
+    | {("", "pods/log", "get")}
 )
 
 
@@ -55,7 +54,7 @@ def build_trainjob(
     run_id: str,
     dataset: str = "",
     env: dict[str, str] | None = None,
-    service_account: str = "asrflow-runner",
+    service_account: str = placement.RUNNER_SERVICE_ACCOUNT,
 ) -> Any:
     """The TrainJob object (a ``kubeflow_trainer_api`` model) for ``asrflow train`` on N nodes.
 
@@ -63,7 +62,7 @@ def build_trainjob(
         name: the job name (use :func:`trainjob_name`).
         namespace: where the job runs (the KFP run's namespace).
         image: the training image.
-        train_args: arguments after ``asrflow train``.
+        train_args: arguments after ``asrflow train`` (``--precision`` included: the pool's).
         num_nodes: nodes; each runs one process per GPU under torchrun.
         gpu: ``v100`` or ``a100`` (a key of :data:`placement.GPU_POOLS`).
         run_id: the KFP run, recorded as a label.
@@ -91,7 +90,6 @@ def build_trainjob(
         },
         limits={placement.GPU_RESOURCE: gpus},
     )
-    all_env = {"ASRFLOW_PRECISION": pool.precision, **(env or {})}
     pod_patch = m.TrainerV1alpha1PodTemplatePatch(
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=labels),
         spec=m.TrainerV1alpha1PodSpecPatch(
@@ -140,7 +138,7 @@ def build_trainjob(
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace, labels=labels),
         spec=m.TrainerV1alpha1TrainJobSpec(
             runtime_ref=m.TrainerV1alpha1RuntimeRef(
-                name=RUNTIME, kind="ClusterTrainingRuntime", api_group=GROUP
+                name=placement.TRAINING_RUNTIME, kind="TrainingRuntime", api_group=GROUP
             ),
             trainer=m.TrainerV1alpha1Trainer(
                 image=image,
@@ -151,7 +149,7 @@ def build_trainjob(
                 num_nodes=num_nodes,
                 num_proc_per_node=pool.gpus_per_node,
                 resources_per_node=resources,
-                env=[m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in sorted(all_env.items())],
+                env=[m.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in sorted((env or {}).items())],
             ),
             runtime_patches=[patch],
         ),

@@ -1,5 +1,7 @@
 """The ``download`` KFP component: a thin wrapper over :mod:`components.download.core`."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 
 from components.images import DATA_IMAGE
@@ -77,3 +79,56 @@ def download(
     metrics.log_metric("files", result["num_files"])
     metrics.log_metric("gigabytes", round(result["bytes"] / 1e9, 3))
     return result["out"]
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def prepare_eval_set(
+    spec: dict,
+    data_root: str,
+    card: dsl.Output[dsl.Artifact],
+) -> NamedTuple("Outputs", [("eval_set", str), ("manifest", str)]):
+    """Download an evaluation set and write it as audio files plus a NeMo manifest.
+
+    Args:
+        spec: the set: ``name``, ``source`` (as for download), and optionally ``config``,
+            ``split``, ``revision``, ``pattern`` and the ``id/audio/text/duration_column``
+            names.
+        data_root: local directory or ``gs://bucket/prefix`` that holds all asrflow data;
+            the manifest goes beside the download, in ``…/<revision>/manifest``.
+        card: the download's card with the manifest's URI added.
+
+    Returns:
+        eval_set: ``NAME=MANIFEST`` for the evaluate step.
+        manifest: the manifest URI (training validates on it).
+    """
+    import json
+    from collections import namedtuple
+
+    from components import sources, storage
+    from components.download import core
+    from components.progress import setup_logging
+
+    setup_logging()
+    if not spec.get("source"):
+        raise ValueError(f"eval set {spec!r} has no source")
+    result = core.download(
+        spec["source"],
+        data_root=data_root,
+        config=spec.get("config") or None,
+        split=spec.get("split") or "test",
+        revision=spec.get("revision") or None,
+        columns=core.Columns(
+            spec.get("id_column") or "id",
+            spec.get("audio_column") or "audio",
+            spec.get("text_column") or "text",
+            spec.get("duration_column") or None,
+        ),
+        pattern=spec.get("pattern") or None,
+    )
+    manifest = sources.export_manifest(result["out"], storage.join(storage.parent(result["out"]), "manifest"))
+    name = spec.get("name") or f"{result['dataset']}-{result['split']}"
+    result["manifest"] = manifest
+    with open(card.path, "w", encoding="utf-8") as out:
+        json.dump(result, out, sort_keys=True, indent=2)
+    card.metadata.update(uri=manifest, name=name, hours=result["hours"])
+    return namedtuple("Outputs", ["eval_set", "manifest"])(f"{name}={manifest}", manifest)

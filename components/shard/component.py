@@ -33,7 +33,7 @@ def plan_shard_groups(input_dir: str, max_groups: int) -> list:
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def write_shard_group(
-    input_dir: str,
+    download_card: dsl.Input[dsl.Artifact],
     group: str,
     num_shards: int,
     seed: int,
@@ -47,7 +47,9 @@ def write_shard_group(
     """Validate one group of input files and write its range of NeMo tarred shards.
 
     Args:
-        input_dir: the download's output directory, a parquet directory or a NeMo manifest.
+        download_card: the download step's card; its ``out`` is the input read (an artifact,
+            not a string: a loop body then needs no upstream parameter, which ``kfp.local``
+            would replace with the loop item).
         group: ``"I/G"`` from plan_shard_groups.
         num_shards: shards of the whole dataset (group I writes shards I*N//G .. (I+1)*N//G-1).
         seed: seed of the assignment of utterances to shards.
@@ -63,6 +65,8 @@ def write_shard_group(
     from components.audio import Rules
     from components.shard import core
 
+    with open(download_card.path, encoding="utf-8") as stream:
+        input_dir = json.load(stream)["out"]
     index, count = (int(part) for part in group.split("/"))
     rules = Rules(
         min_duration=min_duration,

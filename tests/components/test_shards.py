@@ -397,22 +397,27 @@ def test_kfp_components_fan_out_and_merge_locally(tmp_path: Path, bundled_corpus
     """plan → one write_shard_group per group → merge_shards, run by kfp.local, equals one task."""
     from kfp import dsl, local
 
+    from components.download.component import download
     from components.shard.component import merge_shards, plan_shard_groups, write_shard_group, write_shards
 
-    def fan_out(input_dir, out_dir):  # annotated below: this module's annotations are strings
+    def fan_out(source, raw_dir, out_dir):  # annotated below: this module's annotations are strings
+        raw = download(source=source, config="clean", split="train", out_dir=raw_dir, data_root="")
+        input_dir = raw.outputs["Output"]
         groups = plan_shard_groups(input_dir=input_dir, max_groups=2)
         with dsl.ParallelFor(groups.output) as group:
-            part = write_shard_group(input_dir=input_dir, group=group, num_shards=4, seed=0, out_dir=out_dir)
+            part = write_shard_group(
+                download_card=raw.outputs["card"], group=group, num_shards=4, seed=0, out_dir=out_dir
+            )
         merged = merge_shards(input_dir=input_dir, group_cards=dsl.Collected(part.outputs["card"]))
         return merged.outputs["out_dir"]
 
-    fan_out.__annotations__ = {"input_dir": str, "out_dir": str, "return": str}
+    fan_out.__annotations__ = {"source": str, "raw_dir": str, "out_dir": str, "return": str}
     fan_out = dsl.pipeline(fan_out)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
-    source = str(bundled_corpus / "clean")
-    run = fan_out(input_dir=source, out_dir=str(tmp_path / "fan"))
+    raw_dir = str(tmp_path / "raw")
+    run = fan_out(source=str(bundled_corpus), raw_dir=raw_dir, out_dir=str(tmp_path / "fan"))
     assert run.output == str(tmp_path / "fan")
-    single = write_shards(input_dir=source, out_dir=str(tmp_path / "single"), num_shards=4, seed=0, groups=2)
+    single = write_shards(input_dir=raw_dir, out_dir=str(tmp_path / "single"), num_shards=4, seed=0, groups=2)
     assert single.outputs["card"].metadata["utterances"] == 300
     assert dataset_bytes(tmp_path / "fan") == dataset_bytes(tmp_path / "single")

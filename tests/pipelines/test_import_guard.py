@@ -20,9 +20,8 @@ HEAVY = (
     "numpy",
     "pyarrow",
     "soundfile",
-    "google.cloud",
-    "kubernetes",
-)
+    "google.cloud.storage",
+)  # kfp itself loads the kubernetes client
 
 
 def compiler_modules() -> list[Path]:
