@@ -36,6 +36,8 @@ def local_arguments(output_dir: Path) -> dict[str, Any]:
         "model_config": "tiny",
         "max_steps": 60,
         "checkpoint_every": 20,
+        # validate twice, not every 6 steps as the tiny config does for the tests
+        "train_overrides": ["trainer.limit_train_batches=30", "trainer.val_check_interval=30"],
         "champion_name": "demo",
     }
 
@@ -84,7 +86,7 @@ def run_local(output_dir: Path, overrides: dict[str, Any] | None = None) -> dict
     with StepTimer() as timer:
         result = build_pipeline(local=True)(**arguments)
     wall_s = time.perf_counter() - started
-    eval_card = json.loads(Path(result.outputs["eval_card"].path).read_text())
+    eval_card = json.loads(Path(result.output.path).read_text())
     return {
         "output_dir": str(output_dir.resolve()),
         "data_root": arguments["data_root"],
@@ -110,7 +112,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     print()
     print(f"outputs:   {summary['output_dir']}")
     print(f"data_root: {summary['data_root']}  (datasets/, runs/, models/)")
-    print(f"model:     {summary['eval'].get('model_uri', '')}")
+    print(f"model:     {summary['eval'].get('model', '')}")
+    print(f"report:    {summary['eval'].get('report', '')}  (worst utterances per set)")
+    champion = summary["eval"].get("champion") or {}
+    if champion:
+        verdict = "promoted to champion" if champion.get("promoted") else "not promoted"
+        print(f"champion:  {verdict} ({champion.get('reason', '')})")
     print(
         f"wall time: {summary['wall_s']:.0f} s for {summary['num_tasks']} tasks "
         f"(their own processes: {summary['steps_s']:.0f} s)"
