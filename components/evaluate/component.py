@@ -13,6 +13,7 @@ def evaluate(
     run_id: str,
     card: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.Markdown],
     champion_uri: str = "",
     champion_name: str = "",
     batch_size: int = 16,
@@ -28,6 +29,8 @@ def evaluate(
         run_id: the run whose model this is.
         card: the step's card: per-set WER, CER, S/I/D counts and hours; the champion decision.
         metrics: WER and CER per set and the mean WER, for the KFP UI.
+        report: the Markdown report: WER/CER per set, the champion decision, the worst
+            utterances.
         champion_uri: champion.json of the model in service; the new model replaces it only when better.
         champion_name: instead of champion_uri: ``models/<champion_name>/champion.json`` under data_root.
         batch_size: utterances per forward pass.
@@ -35,6 +38,7 @@ def evaluate(
     """
     import json
 
+    from components import storage
     from components.evaluate import core
 
     out_dir = core.run_eval_dir(data_root, run_id)
@@ -58,3 +62,5 @@ def evaluate(
         metrics.log_metric(f"{name}_wer", figures["wer"])
         metrics.log_metric(f"{name}_cer", figures["cer"])
     metrics.log_metric("mean_wer", result["mean_wer"])
+    with open(report.path, "w", encoding="utf-8") as out:
+        out.write(storage.read_text(result["report"]))

@@ -22,6 +22,7 @@ def train(
     run_id: str,
     card: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
+    curves: dsl.Output[dsl.HTML],
     config: str = "conformer_ctc_char",
     max_steps: int = 0,
     checkpoint_every: int = 0,
@@ -43,6 +44,7 @@ def train(
         run_id: the pipeline run (a retry of the same run resumes its checkpoints).
         card: the run's card: model URI, steps, hours seen, final train loss, val WER, throughput.
         metrics: val WER, final train loss, hours seen and throughput, for the KFP UI.
+        curves: loss, validation WER, learning rate and throughput over the steps.
         config: a config under components/train/conf (conformer_ctc_char, conformer_ctc_bpe, small, tiny).
         max_steps: optimizer steps to train (0: the config's).
         checkpoint_every: steps between checkpoints (0: the config's).
@@ -61,6 +63,7 @@ def train(
 
     from components import cards
     from components.train import core
+    from components.train.curves import curves_html
 
     run_dir = core.run_dir_for(data_root, run_id)
     extra = [f"trainer.max_steps={max_steps}"] if max_steps else []
@@ -89,6 +92,8 @@ def train(
     for key in ("val_wer", "final_train_loss", "hours_seen", "throughput_audio_s_per_s"):
         if result.get(key) is not None:
             metrics.log_metric(key, float(result[key]))
+    with open(curves.path, "w", encoding="utf-8") as out:
+        out.write(curves_html(run_dir))
     return namedtuple("Outputs", ["model_uri"])(result["model"])
 
 
@@ -101,6 +106,7 @@ def launch_trainjob(
     num_nodes: int,
     gpu: str,
     card: dsl.Output[dsl.Artifact],
+    curves: dsl.Output[dsl.HTML],
     config: str = "conformer_ctc_char",
     max_steps: int = 0,
     checkpoint_every: int = 0,
@@ -120,6 +126,7 @@ def launch_trainjob(
         num_nodes: GPU nodes.
         gpu: the GPU pool (``v100`` or ``a100``); its precision is used.
         card: the run's card (as the one-node train step writes it).
+        curves: loss, validation WER, learning rate and throughput over the steps.
         config: a config under components/train/conf.
         max_steps: optimizer steps to train (0: the config's).
         checkpoint_every: steps between checkpoints (0: the config's).
@@ -135,6 +142,7 @@ def launch_trainjob(
     from components import cards
     from components.images import TRAIN_IMAGE
     from components.train import core
+    from components.train.curves import curves_html
     from pipelines import placement, trainjob
 
     run_dir = core.run_dir_for(data_root, run_id)
@@ -162,6 +170,8 @@ def launch_trainjob(
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)
     card.metadata.update(uri=run_dir, model=result["model"])
+    with open(curves.path, "w", encoding="utf-8") as out:
+        out.write(curves_html(run_dir))
     return namedtuple("Outputs", ["model_uri"])(result["model"])
 
 

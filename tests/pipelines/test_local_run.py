@@ -75,3 +75,15 @@ def test_run_without_local_says_to_submit() -> None:
     result = CliRunner().invoke(main, ["run"])
     assert result.exit_code != 0
     assert "asrflow submit" in result.output
+
+
+def test_ui_artifacts_histogram_curves_and_report(summary: dict) -> None:
+    kfp_root = Path(summary["output_dir"]) / "kfp"
+    (histogram,) = kfp_root.glob("*/estimate-buckets/histogram")
+    (curves,) = kfp_root.glob("*/*/train/curves")
+    (report,) = kfp_root.glob("*/evaluate/report")
+    assert "data:image/png;base64," in histogram.read_text()
+    assert "data:image/png;base64," in curves.read_text()
+    text = report.read_text()
+    assert "| dev | 60 |" in text and "| test | 60 |" in text
+    assert "## Worst utterances: dev" in text
