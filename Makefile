@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := espeak-ng flite sox libsndfile1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# pip, without its notes about this machine's extra package indexes that have no such package
+pip_install = set -o pipefail; $(BIN)/python -m pip install -q $(1) 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 .PHONY: install test demo lint bench bench-quality corpus images clean
 
@@ -21,10 +23,9 @@ $(STAMP): pyproject.toml
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU wheel first, so that nothing pulls a multi-GB CUDA build of torch
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(call pip_install,torch==2.13.0)
+	$(call pip_install,-e '.[dev]')
 	touch $(STAMP)
 
 test: install
