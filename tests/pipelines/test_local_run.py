@@ -55,8 +55,9 @@ def test_first_model_becomes_the_champion(summary: dict) -> None:
 
 def test_metrics_reach_the_kfp_metrics_artifact(summary: dict) -> None:
     kfp_root = Path(summary["output_dir"]) / "kfp"
-    (metrics,) = kfp_root.glob("*/evaluate/metrics")
-    logged = json.loads(metrics.read_text())
+    (executor_output,) = kfp_root.glob("*/evaluate/executor_output.json")
+    (metrics,) = json.loads(executor_output.read_text())["artifacts"]["metrics"]["artifacts"]
+    logged = metrics["metadata"]  # Metrics.log_metric keeps its figures in the artifact's metadata
     assert {"dev_wer", "dev_cer", "test_wer", "test_cer", "mean_wer"} <= set(logged)
     assert logged["dev_wer"] == pytest.approx(summary["eval"]["sets"]["dev"]["wer"])
 
@@ -80,7 +81,7 @@ def test_run_without_local_says_to_submit() -> None:
 def test_ui_artifacts_histogram_curves_and_report(summary: dict) -> None:
     kfp_root = Path(summary["output_dir"]) / "kfp"
     (histogram,) = kfp_root.glob("*/estimate-buckets/histogram")
-    (curves,) = kfp_root.glob("*/*/train/curves")
+    (curves,) = kfp_root.glob("*/train/curves")
     (report,) = kfp_root.glob("*/evaluate/report")
     assert "data:image/png;base64," in histogram.read_text()
     assert "data:image/png;base64," in curves.read_text()
