@@ -179,8 +179,13 @@ def test_on_write_shards_output_of_the_bundled_corpus(bundled_shards: Path, tmp_
     for name in (core.MANIFEST_NAME, core.METADATA_NAME, "card.json", "_SUCCESS"):
         shutil.copy(bundled_shards / name, tarred / name)
     before = yaml.safe_load((tarred / core.METADATA_NAME).read_text())
-    card = core.estimate_buckets(str(tarred / "card.json").replace(str(bundled_shards), str(tarred)), 4)
-    assert card["tarred_dir"] == str(bundled_shards)  # the card names the original directory
+    # a write-shards card as input: the step works on the directory the card names
+    # (rewritten to the copy, so that the session's shared shards stay untouched)
+    shards_card = json.loads((tarred / "card.json").read_text())
+    assert shards_card["out_dir"] == str(bundled_shards)
+    (tarred / "card.json").write_text(json.dumps({**shards_card, "out_dir": str(tarred)}))
+    card = core.estimate_buckets(str(tarred / "card.json"), 4)
+    assert card["tarred_dir"] == str(tarred)
     card = core.estimate_buckets(str(tarred), num_buckets=4, batch_duration=60.0)
     assert card["utterances"] == before["asrflow"]["utterances"] == 300
     assert len(card["bucket_duration_bins"]) == 3
