@@ -7,6 +7,7 @@ placement (node selectors, GPUs, tolerations) is cluster configuration and is ig
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from pathlib import Path
@@ -83,8 +84,14 @@ def run_local(output_dir: Path, overrides: dict[str, Any] | None = None) -> dict
         raise_on_error=True,
     )
     started = time.perf_counter()
-    with StepTimer() as timer:
-        result = build_pipeline(local=True)(**arguments)
+    print_before = builtins.print
+    try:
+        with StepTimer() as timer:
+            result = build_pipeline(local=True)(**arguments)
+    finally:
+        # kfp.local indents task output by swapping builtins.print; parallel tasks can leave
+        # its indenting version in place, which would shift our table.
+        builtins.print = print_before
     wall_s = time.perf_counter() - started
     eval_card = json.loads(Path(result.output.path).read_text())
     return {
