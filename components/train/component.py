@@ -66,14 +66,14 @@ def train(
     from components.train.curves import curves_html
 
     run_dir = core.run_dir_for(data_root, run_id)
-    extra = [f"trainer.max_steps={max_steps}"] if max_steps else []
-    extra += [f"asrflow.seed={seed}"] if seed >= 0 else []
     argv = core.train_argv(
         tarred_dir,
         val_manifest,
         run_dir,
         config=config,
-        overrides=[*extra, *overrides],
+        overrides=overrides,
+        max_steps=max_steps or None,
+        seed=seed if seed >= 0 else None,
         checkpoint_every=checkpoint_every or None,
         init_from=init_from or None,
         freeze_encoder=freeze_encoder,
@@ -146,14 +146,14 @@ def launch_trainjob(
     from pipelines import placement, trainjob
 
     run_dir = core.run_dir_for(data_root, run_id)
-    extra = [f"trainer.max_steps={max_steps}"] if max_steps else []
-    extra += [f"asrflow.seed={seed}"] if seed >= 0 else []
     argv = core.train_argv(
         tarred_dir,
         val_manifest,
         run_dir,
         config=config,
-        overrides=[*extra, *overrides],
+        overrides=overrides,
+        max_steps=max_steps or None,
+        seed=seed if seed >= 0 else None,
         checkpoint_every=checkpoint_every or None,
         init_from=init_from or None,
         freeze_encoder=freeze_encoder,

@@ -639,8 +639,13 @@ def train_argv(
     devices: int | None = None,
     num_nodes: int | None = None,
     precision: str | None = None,
+    max_steps: int | None = None,
+    seed: int | None = None,
 ) -> list[str]:
     """The arguments after ``asrflow`` that run :func:`train` with these settings.
+
+    ``max_steps`` and ``seed`` become the overrides ``trainer.max_steps`` and
+    ``asrflow.seed`` (before the explicit ``overrides``, which win).
 
     A KFP task runs this command in a child process (Lightning starts DDP ranks by
     re-running the command line, which must be ``asrflow train``, not the KFP executor); a
@@ -665,6 +670,10 @@ def train_argv(
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
+    if max_steps:
+        argv.append(f"trainer.max_steps={max_steps}")
+    if seed is not None:
+        argv.append(f"asrflow.seed={seed}")
     return argv + list(overrides)
 
 

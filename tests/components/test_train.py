@@ -493,7 +493,9 @@ def test_train_argv_is_what_the_cli_parses():
         "val.json",
         "gs://b/runs/r",
         config="small",
-        overrides=["trainer.max_steps=9"],
+        overrides=["model.optim.lr=0.5"],
+        max_steps=9,
+        seed=7,
         checkpoint_every=3,
         init_from="m.nemo",
         freeze_encoder=True,
@@ -503,7 +505,8 @@ def test_train_argv_is_what_the_cli_parses():
     assert argv[0] == "train"
     params = train_command.make_context("train", argv[1:]).params
     assert params["tarred_dir"] == "shards" and params["run_dir"] == "gs://b/runs/r"
-    assert params["overrides"] == ("trainer.max_steps=9",) and params["checkpoint_every"] == 3
+    assert params["overrides"] == ("trainer.max_steps=9", "asrflow.seed=7", "model.optim.lr=0.5")
+    assert params["checkpoint_every"] == 3
     assert params["freeze_encoder"] and params["devices"] == 2 and params["num_nodes"] is None
     with pytest.raises(core.TrainError, match="key=value"):
         core.train_argv("s", "v", "r", overrides=["oops"])
