@@ -6,7 +6,8 @@ trains ``components/train/conf/small.yaml`` with ``asrflow train`` and prints WE
 the 60 held-out test sentences before training (the fresh model) and after. Not in CI: it
 takes about an hour on two CPU cores. Figures, never asserts.
 
-    python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [KEY=VALUE ...]
+    python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [--config small|FILE.yaml]
+                                  [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from components.progress import format_seconds, setup_logging
 
 log = logging.getLogger("asrflow.bench_quality")
 
-CONFIG = "small"
+DEFAULT_CONFIG = "small"
 SEED = 0
 
 
@@ -81,20 +82,22 @@ def score(model_path: Path, test: Path, out: Path) -> dict[str, Any]:
     return card["sets"]["test"]
 
 
-def untrained_model(path: Path, overrides: list[str]) -> Path:
+def untrained_model(path: Path, config: str, overrides: list[str]) -> Path:
     """The fresh model the training run starts from (same config and seed)."""
     if not path.exists():
         import lightning.pytorch as pl
 
         from components.train.core import build_model, load_config
 
-        cfg = load_config(CONFIG, overrides)
+        cfg = load_config(config, overrides)
         pl.seed_everything(int(cfg.asrflow.seed), verbose=False)
         build_model(cfg).save_to(str(path))
     return path
 
 
-def train(tarred: Path, validation: Path, run_dir: Path, steps: int, overrides: list[str]) -> dict[str, Any]:
+def train(
+    tarred: Path, validation: Path, run_dir: Path, config: str, steps: int, overrides: list[str]
+) -> dict[str, Any]:
     """``asrflow train`` as a user runs it; its log goes to RUN_DIR.log and to our stderr."""
     command = [
         str(Path(sys.executable).with_name("asrflow")),
@@ -103,7 +106,7 @@ def train(tarred: Path, validation: Path, run_dir: Path, steps: int, overrides: 
         "--val",
         str(validation),
         "--config",
-        CONFIG,
+        config,
         "--run-dir",
         str(run_dir),
         f"trainer.max_steps={steps}",
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep data and runs here (default: a temp dir)")
     parser.add_argument("--hours", type=float, default=1.0, help="hours of training speech (default 1)")
     parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the small config")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="a shipped config name or a YAML file (default: small)"
+    )
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the config")
     args = parser.parse_args(argv)
     setup_logging()
     with tempfile.TemporaryDirectory(prefix="asrflow-bench-quality-") as tmp:
@@ -139,15 +145,15 @@ def main(argv: list[str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         tarred, validation, test = make_data(workdir, args.hours)
         before = score(
-            untrained_model(workdir / "untrained.nemo", args.overrides), test, workdir / "eval-before"
+            untrained_model(workdir / "untrained.nemo", args.config, args.overrides), test, workdir / "eval-before"
         )
         started = time.monotonic()
-        card = train(tarred, validation, workdir / "run", args.steps, args.overrides)
+        card = train(tarred, validation, workdir / "run", args.config, args.steps, args.overrides)
         wall = time.monotonic() - started
         after = score(Path(card["model"]), test, workdir / "eval-after")
         corpus_hours = card.get("dataset_hours") or args.hours
         print(
-            f"bench-quality: config {CONFIG} ({card['parameters'] / 1e6:.1f}M parameters), "
+            f"bench-quality: config {args.config} ({card['parameters'] / 1e6:.1f}M parameters), "
             f"{card['steps']} steps, {card['hours_seen']:.2f} audio hours seen ({corpus_hours:.2f} h data), "
             f"train {format_seconds(wall)} wall, {card['throughput_audio_s_per_s']:.1f} audio-s/s"
         )

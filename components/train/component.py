@@ -57,13 +57,10 @@ def train(
         num_nodes: nodes (0: 1, or what torchrun says).
         precision: Lightning precision (empty: bf16-mixed on A100, 16-mixed on V100, 32 on CPU).
     """
-    import json
     import sys
     from collections import namedtuple
 
-    from components import cards
     from components.train import core
-    from components.train.curves import curves_html
 
     run_dir = core.run_dir_for(data_root, run_id)
     argv = core.train_argv(
@@ -85,15 +82,11 @@ def train(
     status = core.run_asrflow(argv)
     if status != 0:
         sys.exit(status)  # 143 after SIGTERM: KFP retries, the retry resumes
-    result = cards.read_card(run_dir)
-    with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(result, out, sort_keys=True, indent=2)
+    result = core.write_run_outputs(run_dir, card.path, curves.path)
     card.metadata.update(uri=run_dir, model=result["model"])
     for key in ("val_wer", "final_train_loss", "hours_seen", "throughput_audio_s_per_s"):
         if result.get(key) is not None:
             metrics.log_metric(key, float(result[key]))
-    with open(curves.path, "w", encoding="utf-8") as out:
-        out.write(curves_html(run_dir))
     return namedtuple("Outputs", ["model_uri"])(result["model"])
 
 
@@ -136,13 +129,10 @@ def launch_trainjob(
         freeze_encoder: train the decoder only.
         tokenizer_dir: SentencePiece directory for a BPE config.
     """
-    import json
     from collections import namedtuple
 
-    from components import cards
     from components.images import TRAIN_IMAGE
     from components.train import core
-    from components.train.curves import curves_html
     from pipelines import placement, trainjob
 
     run_dir = core.run_dir_for(data_root, run_id)
@@ -166,12 +156,8 @@ def launch_trainjob(
         trainjob.trainjob_name(run_id), namespace, TRAIN_IMAGE, argv[1:], num_nodes, gpu, run_id
     )
     trainjob.run_trainjob(job)
-    result = cards.read_card(run_dir)
-    with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(result, out, sort_keys=True, indent=2)
+    result = core.write_run_outputs(run_dir, card.path, curves.path)
     card.metadata.update(uri=run_dir, model=result["model"])
-    with open(curves.path, "w", encoding="utf-8") as out:
-        out.write(curves_html(run_dir))
     return namedtuple("Outputs", ["model_uri"])(result["model"])
 
 

@@ -697,3 +697,19 @@ def run_asrflow(argv: list[str]) -> int:
         return child.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def write_run_outputs(run_dir: str, card_path: str, curves_path: str) -> dict[str, Any]:
+    """After a finished run: its card as a JSON artifact and its curves as an HTML page.
+
+    Both KFP training steps (one node, or a TrainJob on several) end with this; returns the
+    card.
+    """
+    from components.train.curves import curves_html
+
+    card = cards.read_card(run_dir)
+    with open(card_path, "w", encoding="utf-8") as out:
+        json.dump(card, out, sort_keys=True, indent=2)
+    with open(curves_path, "w", encoding="utf-8") as out:
+        out.write(curves_html(run_dir))
+    return card
