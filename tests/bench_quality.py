@@ -33,6 +33,7 @@ SEED = 0
 def make_data(workdir: Path, hours: float) -> tuple[Path, Path, Path]:
     """Corpus -> tarred shards with bins, validation and test manifests (each step once)."""
     from components import storage
+    from components.buckets.core import estimate_buckets
     from components.shard.core import write_shards
     from components.sources import export_manifest
     from tests.corpus.generate import generate_corpus
@@ -45,33 +46,10 @@ def make_data(workdir: Path, hours: float) -> tuple[Path, Path, Path]:
     tarred = workdir / "tarred"
     if not storage.is_complete(str(tarred)):
         write_shards(str(corpus / "clean"), str(tarred), num_shards=8, seed=SEED, workers=2)
-    estimate_bins(tarred)
+    estimate_buckets(str(tarred), num_buckets=8, batch_duration=160.0)
     validation = Path(export_manifest(str(corpus / "validation"), str(workdir / "validation")))
     test = Path(export_manifest(str(corpus / "test"), str(workdir / "test")))
     return tarred, validation, test
-
-
-def estimate_bins(tarred: Path, num_buckets: int = 8) -> None:
-    """Bucket bins into metadata.yaml with estimate-buckets (or Lhotse directly without it)."""
-    try:
-        from components.buckets.core import estimate_buckets
-    except ImportError:
-        estimate_buckets = None
-    if estimate_buckets is not None:
-        estimate_buckets(str(tarred), num_buckets=num_buckets, batch_duration=80.0)
-        return
-    import yaml
-    from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
-
-    from components import manifest
-
-    durations = [
-        float(e["duration"]) for e in manifest.read_manifest(str(tarred / "tarred_audio_manifest.json"))
-    ]
-    bins = [float(b) for b in estimate_duration_buckets(durations, num_buckets=num_buckets)]
-    metadata = yaml.safe_load((tarred / "metadata.yaml").read_text()) or {}
-    metadata.setdefault("dataset_config", {})["bucket_duration_bins"] = bins
-    (tarred / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
 
 
 def score(model_path: Path, test: Path, out: Path) -> dict[str, Any]:
@@ -144,9 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         tarred, validation, test = make_data(workdir, args.hours)
-        before = score(
-            untrained_model(workdir / "untrained.nemo", args.config, args.overrides), test, workdir / "eval-before"
-        )
+        fresh_model = untrained_model(workdir / "untrained.nemo", args.config, args.overrides)
+        before = score(fresh_model, test, workdir / "eval-before")
         started = time.monotonic()
         card = train(tarred, validation, workdir / "run", args.config, args.steps, args.overrides)
         wall = time.monotonic() - started
