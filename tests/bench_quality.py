@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,12 +94,16 @@ def train(
     log.info("running: %s", " ".join(command))
     with open(run_dir.with_suffix(".log"), "a") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in process.stderr:  # the log; the card comes on stdout
-            log_file.write(line)
-            log_file.flush()
-            if "asrflow.train" in line:
-                sys.stderr.write(line)
-        stdout = process.stdout.read()
+        try:
+            for line in process.stderr:  # the log; the card comes on stdout
+                log_file.write(line)
+                log_file.flush()
+                if "asrflow.train" in line:
+                    sys.stderr.write(line)
+            stdout = process.stdout.read()
+        finally:
+            if process.poll() is None:  # we were stopped: stop the training run too
+                process.terminate()
         if process.wait() != 0:
             raise SystemExit(f"asrflow train failed with exit code {process.returncode}; see {log_file.name}")
     last = stdout.strip().splitlines()[-1]
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the config")
     args = parser.parse_args(argv)
     setup_logging()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the cleanups
     with tempfile.TemporaryDirectory(prefix="asrflow-bench-quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
