@@ -343,11 +343,12 @@ def estimate_buckets(
     filtered = len(every) - len(durations)
     if not durations:
         raise BucketError(f"{STEP}: no utterance between {min_duration} and {upper} seconds")
+    hours = sum(durations) / 3600
     log.info(
         "%s: %d utterances, %.2f hours (%d outside the duration limits)",
         STEP,
         len(durations),
-        sum(durations) / 3600,
+        hours,
         filtered,
     )
     bins = estimate_bins(durations, num_buckets)
@@ -355,7 +356,6 @@ def estimate_buckets(
         log.warning("%s: the durations fill only %d of %d buckets", STEP, len(bins) + 1, num_buckets)
     simulated = _sample(durations, efficiency_sample, seed)
     efficiency = padding_efficiency(simulated, bins, batch_duration, seed)
-    hours = sum(durations) / 3600
     histogram_uri = storage.join(out_dir, HISTOGRAM_NAME)
     plot_histogram(
         durations,
