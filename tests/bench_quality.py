@@ -31,8 +31,11 @@ DEFAULT_CONFIG = "small"
 SEED = 0
 
 
-def make_data(workdir: Path, hours: float) -> tuple[Path, Path, Path]:
-    """Corpus -> tarred shards with bins, validation and test manifests (each step once)."""
+def make_data(workdir: Path, hours: float, train_ds: Any) -> tuple[Path, Path, Path]:
+    """Corpus -> tarred shards with bins, validation and test manifests (each step once).
+
+    The bins are estimated for the config's ``train_ds`` (its num_buckets and batch_duration).
+    """
     from components import storage
     from components.buckets.core import estimate_buckets
     from components.shard.core import write_shards
@@ -47,7 +50,9 @@ def make_data(workdir: Path, hours: float) -> tuple[Path, Path, Path]:
     tarred = workdir / "tarred"
     if not storage.is_complete(str(tarred)):
         write_shards(str(corpus / "clean"), str(tarred), num_shards=8, seed=SEED, workers=2)
-    estimate_buckets(str(tarred), num_buckets=8, batch_duration=160.0)
+    estimate_buckets(
+        str(tarred), num_buckets=int(train_ds.num_buckets), batch_duration=float(train_ds.batch_duration)
+    )
     validation = Path(export_manifest(str(corpus / "validation"), str(workdir / "validation")))
     test = Path(export_manifest(str(corpus / "test"), str(workdir / "test")))
     return tarred, validation, test
@@ -124,10 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the cleanups
+    from components.train.core import load_config
+
+    train_ds = load_config(args.config, args.overrides).model.train_ds
     with tempfile.TemporaryDirectory(prefix="asrflow-bench-quality-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        tarred, validation, test = make_data(workdir, args.hours)
+        tarred, validation, test = make_data(workdir, args.hours, train_ds)
         fresh_model = untrained_model(workdir / "untrained.nemo", args.config, args.overrides)
         before = score(fresh_model, test, workdir / "eval-before")
         started = time.monotonic()
