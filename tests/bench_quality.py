@@ -4,7 +4,7 @@ Generates a corpus of about one hour of synthetic espeak-ng/flite speech (plus 6
 and 60 held-out test sentences), writes it as NeMo tarred shards, estimates bucket bins,
 trains ``components/train/conf/small.yaml`` with ``asrflow train`` and prints WER/CER on
 the 60 held-out test sentences before training (the fresh model) and after. Not in CI: it
-takes about an hour on two CPU cores. Figures, never asserts.
+takes about 1 h 50 min on two CPU cores (21.5% WER / 5.8% CER on 2026-11-22). Figures, never asserts.
 
     python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [--config small|FILE.yaml]
                                   [KEY=VALUE ...]
