@@ -12,17 +12,26 @@ It finds work by labels, so it needs no KFP API access, only the ``asrflow-viewe
 
 The summary is computed by plain functions over Kubernetes objects (:func:`summarize`,
 :func:`format_runs`), so it is tested without a cluster.
+
+Like kubectl it reads ``--kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``, else a
+pod's service account (:func:`resolve_target`); ``-n``, ``--context`` and ``--kubeconfig`` go
+before or after the subcommand; what goes wrong reaching the cluster is one line on stderr
+(:func:`explain`), with the traceback only under ``--debug``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -496,19 +505,256 @@ def log_container(pod: Any) -> str:
 
 # --- the cluster -------------------------------------------------------------------------
 
+NAMESPACE_ENV = "ASRFLOW_NAMESPACE"
+DEFAULT_KUBECONFIG = "~/.kube/config"  # kubectl's, when $KUBECONFIG is unset
+IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"  # the kubelet sets it in every pod
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+VIEWER_ROLE_MANIFEST = "manifests/base/viewer-role.yaml"
+GET_CREDENTIALS = "gcloud container clusters get-credentials CLUSTER --location LOCATION"
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0  # a list or a log's tail; a followed log has no read timeout
+REQUEST_TIMEOUT = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+_CONNECTION_PREFIX = re.compile(r"^(?:<[^>]*>|\w+\(host=[^)]*\)): ")  # urllib3's "<…Connection…>: "
 
-def _api(kubeconfig: str | None, context: str | None) -> tuple[Any, Any]:
+
+class ClusterError(click.ClickException):
+    """Why the cluster could not be found, reached or read, in one line (``--debug``: the traceback)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))  # a YAML or TLS error's text spans lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where ``kubectl asrflow`` looks, resolved as kubectl resolves it (:func:`resolve_target`).
+
+    Attributes:
+        namespace: the namespace of the runs.
+        kubeconfig: the kubeconfig file(s) in use, ``os.pathsep``-joined; "" for in-cluster config.
+        context: the kubeconfig context in use; "" for in-cluster config.
+    """
+
+    namespace: str
+    kubeconfig: str = ""
+    context: str = ""
+
+    def describe(self) -> str:
+        where = f"context {self.context}" if self.context else "in-cluster config"
+        return f"{where}, namespace {self.namespace}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """API clients for a :class:`Target`; ``host`` is the API server's URL."""
+
+    target: Target
+    host: str
+    core: Any
+    custom: Any
+    debug: bool = False
+
+
+def kubeconfig_files(kubeconfig: str | None) -> list[str]:
+    """The kubeconfig files kubectl would read: the readable ones among its candidates.
+
+    ``--kubeconfig`` (which must be readable), else the ``$KUBECONFIG`` list (missing files
+    skipped, as kubectl skips them), else ``~/.kube/config`` when it exists.
+
+    Raises:
+        ClusterError: ``--kubeconfig``, or a file that exists, cannot be read.
+    """
+    if kubeconfig:
+        candidates, source = [kubeconfig], "--kubeconfig"
+    elif os.environ.get("KUBECONFIG"):
+        candidates, source = os.environ["KUBECONFIG"].split(os.pathsep), "$KUBECONFIG"
+    else:
+        candidates, source = [DEFAULT_KUBECONFIG], DEFAULT_KUBECONFIG
+    found = []
+    for path in (os.path.expanduser(c) for c in candidates if c):
+        if not kubeconfig and not os.path.exists(path):
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise ClusterError(f"cannot read kubeconfig {path} (from {source}): {err.strerror}") from err
+        found.append(path)
+    return found
+
+
+def no_kubeconfig_message() -> str:
+    """What was looked for when there is no kubeconfig and no in-cluster config, and what to do."""
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        looked = f"$KUBECONFIG ({env}) names no file that exists"
+    else:
+        looked = f"$KUBECONFIG is unset and {os.path.expanduser(DEFAULT_KUBECONFIG)} does not exist"
+    return (
+        f"no kubeconfig: {looked}, and this is not a pod in a cluster (${IN_CLUSTER_ENV} is unset); "
+        f"get one with `{GET_CREDENTIALS}`, or pass --kubeconfig FILE"
+    )
+
+
+def kubeconfig_context(files: Sequence[str], context: str | None) -> tuple[str, str]:
+    """The context to use (``context``, else the current one) and the namespace it names ("" if none).
+
+    Raises:
+        ClusterError: the files are no valid kubeconfig, set no current context, or lack ``context``.
+    """
+    from kubernetes.config import kube_config
+
+    joined = os.pathsep.join(files)
+    try:
+        merged = kube_config.KubeConfigMerger(joined).config
+        contexts = {
+            entry["name"]: entry.get("context") or {}
+            for entry in (_plain(node) for node in merged.value.get("contexts") or [])
+        }
+    except Exception as err:  # a YAML error, a missing key, not a mapping: all say the same
+        raise ClusterError(f"kubeconfig {joined} is not a valid kubeconfig: {err}") from err
+    name = context or merged.value.get("current-context") or ""
+    known = ", ".join(sorted(contexts)) or "none"
+    if not name:
+        raise ClusterError(f"kubeconfig {joined} sets no current-context; pass --context (one of: {known})")
+    if name not in contexts:
+        raise ClusterError(f"context {name!r} is not in kubeconfig {joined} (its contexts: {known})")
+    return name, contexts[name].get("namespace") or ""
+
+
+def _plain(node: Any) -> Any:
+    """A kubeconfig entry as a dict (the merger wraps entries of merged files in ConfigNodes)."""
+    return getattr(node, "value", node)
+
+
+def service_account_namespace() -> str:
+    """The namespace of the pod this runs in (its service account's), or "" when unknown."""
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def resolve_target(
+    namespace: str | None = None, kubeconfig: str | None = None, context: str | None = None
+) -> Target:
+    """Where to look, resolved as kubectl resolves it.
+
+    The kubeconfig is ``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``; with none
+    of them, the in-cluster config of the pod this runs in. The namespace is ``namespace``, else
+    ``$ASRFLOW_NAMESPACE``, else the context's ``namespace`` (in a pod: its service account's),
+    else :data:`placement.NAMESPACE`.
+
+    Args:
+        namespace: ``-n/--namespace``, or None.
+        kubeconfig: ``--kubeconfig``, or None.
+        context: ``--context``, or None for the kubeconfig's current context.
+
+    Raises:
+        ClusterError: no kubeconfig and not in a pod, an unreadable or invalid kubeconfig, an
+            unknown context.
+    """
+    files = kubeconfig_files(kubeconfig)
+    if files:
+        name, default = kubeconfig_context(files, context)
+    elif os.environ.get(IN_CLUSTER_ENV) and not context:
+        name, default = "", service_account_namespace()
+    else:
+        raise ClusterError(no_kubeconfig_message())
+    chosen = namespace or os.environ.get(NAMESPACE_ENV) or default or placement.NAMESPACE
+    return Target(namespace=chosen, kubeconfig=os.pathsep.join(files), context=name)
+
+
+def connect(target: Target, debug: bool = False) -> Cluster:
+    """API clients for ``target``; no request is made yet.
+
+    Raises:
+        ClusterError: the context's cluster or user, or the in-cluster config, cannot be loaded.
+    """
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context)
-    except config.ConfigException:
-        config.load_incluster_config()
-    return client.CoreV1Api(), client.CustomObjectsApi()
+        if target.kubeconfig:
+            config.load_kube_config(
+                config_file=target.kubeconfig, context=target.context, client_configuration=configuration
+            )
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError, ValueError) as err:
+        raise ClusterError(f"cannot load {target.describe()}: {err}") from err
+    configuration.retries = 0  # one try and a clear error, as kubectl does (urllib3 logs retries)
+    api = client.ApiClient(configuration)
+    return Cluster(target, configuration.host, client.CoreV1Api(api), client.CustomObjectsApi(api), debug)
+
+
+def connection_failure(err: BaseException) -> str:
+    """The root cause of a failed connection ("Connection refused"), without urllib3's reprs."""
+    reason = getattr(err, "reason", None) or err  # MaxRetryError wraps the last failure
+    for cause in (reason.__cause__, reason.__context__):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    texts = [arg for arg in reason.args if isinstance(arg, str)]  # (connection, message) for a timeout
+    return _CONNECTION_PREFIX.sub("", texts[-1] if texts else str(reason))
+
+
+def _status_message(err: Any) -> str:
+    """The ``message`` of the Kubernetes Status an API error carries, as ": …", or ""."""
+    try:
+        message = json.loads(err.body or "{}").get("message", "")
+    except (ValueError, TypeError, AttributeError):
+        message = ""
+    return f": {message}" if message else ""
+
+
+def explain(err: BaseException, cluster: Cluster) -> str | None:
+    """One line saying what went wrong talking to the API server, or None when ``err`` is not that."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    where = f"the API server at {cluster.host} ({cluster.target.describe()})"
+    if isinstance(err, urllib3.exceptions.HTTPError):
+        return f"cannot reach {where}: {connection_failure(err)}"
+    if not isinstance(err, ApiException):
+        return None
+    if not err.status:  # the client's wrapping of TLS and protocol errors
+        return f"cannot reach {where}: {err.reason}"
+    role, namespace = placement.VIEWER_ROLE, cluster.target.namespace
+    needs = f"kubectl asrflow needs the {role} Role in namespace {namespace} ({VIEWER_ROLE_MANIFEST})"
+    if err.status == 401:
+        renew = f"renew them (`{GET_CREDENTIALS}`)"
+        return f"{where} did not accept your credentials (401 Unauthorized): {renew}; {needs}"
+    if err.status == 403:
+        return (
+            f"{where} refused (403 Forbidden{_status_message(err)}); {needs}: ask for "
+            f"`kubectl -n {namespace} create rolebinding {role}-USER --role {role} --user USER`"
+        )
+    return f"{where} answered {err.status} {err.reason}{_status_message(err)}"
+
+
+@contextlib.contextmanager
+def reporting(cluster: Cluster) -> Iterator[None]:
+    """Turns a failed API call into a one-line :class:`ClusterError`; ``--debug`` prints the traceback."""
+    import urllib3
+
+    try:
+        # a kubeconfig's insecure-skip-tls-verify is its owner's choice, which kubectl accepts silently
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            yield
+    except Exception as err:
+        message = explain(err, cluster)
+        if message is None:
+            raise
+        if cluster.debug:
+            traceback.print_exception(err)
+        raise ClusterError(message) from err
 
 
 def list_pods(core: Any, namespace: str) -> list[Any]:
-    return core.list_namespaced_pod(namespace, label_selector=SELECTOR).items
+    return core.list_namespaced_pod(
+        namespace, label_selector=SELECTOR, _request_timeout=REQUEST_TIMEOUT
+    ).items
 
 
 def list_trainjobs(custom: Any, namespace: str) -> list[dict[str, Any]]:
@@ -517,7 +763,12 @@ def list_trainjobs(custom: Any, namespace: str) -> list[dict[str, Any]]:
 
     try:
         response = custom.list_namespaced_custom_object(
-            trainjob.GROUP, trainjob.VERSION, namespace, trainjob.PLURAL, label_selector=SELECTOR
+            trainjob.GROUP,
+            trainjob.VERSION,
+            namespace,
+            trainjob.PLURAL,
+            label_selector=SELECTOR,
+            _request_timeout=REQUEST_TIMEOUT,
         )
     except ApiException as err:
         if err.status == 404:
@@ -546,7 +797,11 @@ def read_progress(core: Any, pods: Sequence[Any], namespace: str, tail_lines: in
     for pod in progress_pods(pods):
         try:
             text = core.read_namespaced_pod_log(
-                pod.metadata.name, namespace, container=log_container(pod), tail_lines=tail_lines
+                pod.metadata.name,
+                namespace,
+                container=log_container(pod),
+                tail_lines=tail_lines,
+                _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException:
             continue
@@ -556,46 +811,118 @@ def read_progress(core: Any, pods: Sequence[Any], namespace: str, tail_lines: in
 
 # --- the command line --------------------------------------------------------------------
 
-_namespace_option = click.option(
-    "-n",
-    "--namespace",
-    envvar="ASRFLOW_NAMESPACE",
-    default=placement.NAMESPACE,
-    show_default=True,
-    help="Where the runs are (env ASRFLOW_NAMESPACE).",
+OUTPUTS = ("table", "json", "yaml")
+
+
+def render_runs(runs: Sequence[RunSummary], output: str, now: dt.datetime) -> str:
+    """``runs`` as ``-o`` asks: the table, or the summaries as JSON or YAML (fields in declared order)."""
+    if output == "table":
+        return format_runs(runs, now)
+    data = [dataclasses.asdict(run) for run in runs]
+    if output == "json":
+        return json.dumps(data, indent=2)
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterFlags:
+    """-n/--namespace, --kubeconfig, --context and --debug, as given before or after the subcommand."""
+
+    namespace: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    debug: bool = False
+
+    def over(self, outer: ClusterFlags) -> ClusterFlags:
+        """These flags where given, else ``outer``'s: the subcommand's win over the group's."""
+        return ClusterFlags(
+            namespace=self.namespace or outer.namespace,
+            kubeconfig=self.kubeconfig or outer.kubeconfig,
+            context=self.context or outer.context,
+            debug=self.debug or outer.debug,
+        )
+
+
+_CLUSTER_OPTIONS = (
+    click.option(
+        "-n",
+        "--namespace",
+        default=None,
+        help=f"Where the runs are. Default: ${NAMESPACE_ENV}, else the namespace of the kubeconfig "
+        f"context (in a pod: its service account's), else {placement.NAMESPACE}.",
+    ),
+    click.option(
+        "--kubeconfig",
+        default=None,
+        help=f"A kubeconfig file. Default: kubectl's ($KUBECONFIG, else {DEFAULT_KUBECONFIG}; in a pod "
+        "without one, its service account).",
+    ),
+    click.option("--context", default=None, help="The kubeconfig context. Default: its current-context."),
+    click.option("--debug", is_flag=True, help="Print the traceback of a cluster error too."),
 )
-_kubeconfig_option = click.option(
-    "--kubeconfig", default=None, help="A kubeconfig file (default: kubectl's)."
-)
-_context_option = click.option("--context", default=None, help="The kubeconfig context to use.")
+
+
+def cluster_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds the cluster options to a command; it receives them as one ``flags: ClusterFlags``."""
+
+    @functools.wraps(command)
+    def with_flags(
+        *args: Any, namespace: str | None, kubeconfig: str | None, context: str | None, debug: bool, **kw: Any
+    ) -> None:
+        command(*args, flags=ClusterFlags(namespace, kubeconfig, context, debug), **kw)
+
+    for option in reversed(_CLUSTER_OPTIONS):
+        with_flags = option(with_flags)
+    return with_flags
+
+
+def open_cluster(flags: ClusterFlags) -> Cluster:
+    """The cluster a subcommand's flags name, over those given before the subcommand.
+
+    Raises:
+        ClusterError: see :func:`resolve_target` and :func:`connect`.
+    """
+    flags = flags.over(click.get_current_context().find_object(ClusterFlags) or ClusterFlags())
+    try:
+        target = resolve_target(flags.namespace, flags.kubeconfig, flags.context)
+        return connect(target, flags.debug)
+    except ClusterError as err:
+        if flags.debug:
+            traceback.print_exception(err.__cause__ or err)
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-def cli() -> None:
+@cluster_options
+def cli(flags: ClusterFlags) -> None:
     """Inspect asrflow runs on a cluster: `kubectl asrflow runs`, `kubectl asrflow logs RUN STEP`.
 
     Finds pods labelled app.kubernetes.io/part-of=asrflow; the run is KFP's pipeline/runid
     pod label (asrflow.dev/run on TrainJob pods), the step and dataset are asrflow.dev/step
     and asrflow.dev/dataset. Needs only the asrflow-viewer Role (list pods and TrainJobs,
     read pod logs).
+
+    The options below go before the subcommand or after it (`kubectl asrflow -n NS runs`,
+    `kubectl asrflow runs -n NS`); given in both places, the one after wins.
     """
+    click.get_current_context().obj = flags
 
 
 @cli.command()
-@_namespace_option
-@_kubeconfig_option
-@_context_option
+@cluster_options
 @click.option("--run", "run_filter", default=None, help="Only this run (its id, a prefix, or workflow).")
 @click.option("--progress/--no-progress", default=True, help="Read running pods' logs for progress.")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def runs(
-    namespace: str,
-    kubeconfig: str | None,
-    context: str | None,
-    run_filter: str | None,
-    progress: bool,
-    output: str,
-) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(OUTPUTS),
+    default="table",
+    show_default=True,
+    help="json and yaml: the run summaries with all their fields (every pod of a step, newest first).",
+)
+def runs(flags: ClusterFlags, run_filter: str | None, progress: bool, output: str) -> None:
     """List runs, newest first, and each run's steps.
 
     \b
@@ -615,27 +942,26 @@ def runs(
                  project's "what: N/M (P%) … ETA T", a "step=N/M", or a tqdm bar "P%|…| N/M".
     TrainJobs (multi-node training) are listed under their run with their state.
     """
-    core, custom = _api(kubeconfig, context)
-    pods = list_pods(core, namespace)
-    if run_filter:
-        pods = match_run(pods, run_filter)
-    jobs = list_trainjobs(custom, namespace)
-    if run_filter:
-        run_ids = {run_id(p) for p in pods} | {run_filter}
-        jobs = [j for j in jobs if (j["metadata"].get("labels") or {}).get(placement.RUN_LABEL) in run_ids]
-    found = summarize(pods, jobs, read_progress(core, pods, namespace) if progress else {})
-    if output == "json":
-        click.echo(json.dumps([dataclasses.asdict(r) for r in found], indent=2))
-    else:
-        click.echo(format_runs(found, dt.datetime.now(dt.UTC)))
+    cluster = open_cluster(flags)
+    namespace = cluster.target.namespace
+    with reporting(cluster):
+        pods = list_pods(cluster.core, namespace)
+        if run_filter:
+            pods = match_run(pods, run_filter)
+        jobs = list_trainjobs(cluster.custom, namespace)
+        if run_filter:
+            run_ids = {run_id(p) for p in pods} | {run_filter}
+            jobs = [
+                j for j in jobs if (j["metadata"].get("labels") or {}).get(placement.RUN_LABEL) in run_ids
+            ]
+        found = summarize(pods, jobs, read_progress(cluster.core, pods, namespace) if progress else {})
+    click.echo(render_runs(found, output, dt.datetime.now(dt.UTC)))
 
 
 @cli.command()
 @click.argument("run")
 @click.argument("step")
-@_namespace_option
-@_kubeconfig_option
-@_context_option
+@cluster_options
 @click.option("--dataset", default=None, help="Only the step's pods for this dataset.")
 @click.option("--attempt", type=int, default=None, help="This retry (0 is the first) instead of the newest.")
 @click.option("--pod", "pod_name", default=None, help="This pod of the step (see `runs -o json`).")
@@ -644,9 +970,7 @@ def runs(
 def logs(
     run: str,
     step: str,
-    namespace: str,
-    kubeconfig: str | None,
-    context: str | None,
+    flags: ClusterFlags,
     dataset: str | None,
     attempt: int | None,
     pod_name: str | None,
@@ -660,31 +984,58 @@ def logs(
     container (main for KFP tasks, node for TrainJob pods). When the step has several pods
     (fan-out tasks, retries, TrainJob nodes) the others are named on stderr.
     """
-    core, _ = _api(kubeconfig, context)
-    pods = list_pods(core, namespace)
+    cluster = open_cluster(flags)
+    with reporting(cluster):
+        pods = list_pods(cluster.core, cluster.target.namespace)
+        pod = pick_log_pod(pods, run, step, dataset, attempt, pod_name)
+        print_log(cluster, pod, follow=follow, tail=tail)
+
+
+def pick_log_pod(
+    pods: Sequence[Any], run: str, step: str, dataset: str | None, attempt: int | None, pod_name: str | None
+) -> Any:
+    """:func:`choose_pod`, or the step's pod named ``pod_name``; names the step's other pods on stderr.
+
+    Raises:
+        click.ClickException: no pod matches.
+    """
     pod, others = choose_pod(pods, run, step, dataset, attempt)
     if pod_name:
         named = [p for p in [pod, *others] if p.metadata.name == pod_name]
         if not named:
             raise click.ClickException(f"pod {pod_name!r} is not a pod of run {run!r} step {step!r}")
         pod = named[0]
-        others = [p for p in [*others] if p.metadata.name != pod_name]
+        others = [p for p in others if p.metadata.name != pod_name]
     if others:
         names = ", ".join(f"{p.metadata.name} ({pod_state(p)})" for p in others[:8])
         more = f" and {len(others) - 8} more" if len(others) > 8 else ""
         click.echo(f"# {pod.metadata.name} ({pod_state(pod)}); other pods: {names}{more}", err=True)
+    return pod
+
+
+def print_log(cluster: Cluster, pod: Any, *, follow: bool, tail: int | None) -> None:
+    """Writes the log of ``pod``'s own container to stdout; with ``follow``, until the pod ends."""
     kwargs: dict[str, Any] = {"container": log_container(pod)}
     if tail is not None:
         kwargs["tail_lines"] = tail
-    if follow:
-        response = core.read_namespaced_pod_log(
-            pod.metadata.name, namespace, follow=True, _preload_content=False, **kwargs
+    name, namespace = pod.metadata.name, cluster.target.namespace
+    if not follow:
+        text = cluster.core.read_namespaced_pod_log(
+            name, namespace, _request_timeout=REQUEST_TIMEOUT, **kwargs
         )
-        for chunk in response.stream():
-            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
-    else:
-        click.echo(core.read_namespaced_pod_log(pod.metadata.name, namespace, **kwargs), nl=False)
+        click.echo(text, nl=False)
+        return
+    response = cluster.core.read_namespaced_pod_log(
+        name,
+        namespace,
+        follow=True,
+        _preload_content=False,
+        _request_timeout=(CONNECT_TIMEOUT_S, None),
+        **kwargs,
+    )
+    for chunk in response.stream():
+        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+        sys.stdout.flush()
 
 
 def main() -> None:

@@ -1,21 +1,30 @@
 """kubectl asrflow: summaries and choices over pods and TrainJobs built with the real models.
 
 Pods are ``kubernetes.client`` models shaped like the ones KFP v2 (Argo) and Kubeflow
-Trainer (JobSet) create; TrainJobs come from ``pipelines.trainjob.build_trainjob``. No cluster.
+Trainer (JobSet) create; TrainJobs come from ``pipelines.trainjob.build_trainjob``. No cluster:
+the command's tests write real kubeconfig files whose server is a closed local port or a tiny
+local HTTP server, and the real kubernetes client reads them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import http.server
+import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 from kubernetes import client as k8s
 
@@ -372,3 +381,232 @@ def test_console_script_and_kubectl_find_the_plugin() -> None:
     )
     assert via_kubectl.returncode == 0, via_kubectl.stderr
     assert "RUN STEP" in via_kubectl.stdout
+
+
+# --- finding the cluster and the namespace, as kubectl does --------------------------------
+
+
+@pytest.fixture
+def no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No kubeconfig anywhere and not in a pod: HOME is an empty directory; returns it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", kp.NAMESPACE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (the kernel just handed it out and it was closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig as kubectl writes it: context "team" names namespace team-a, "plain" (current) none."""
+    cluster = {"name": "gke", "cluster": {"server": server, "insecure-skip-tls-verify": True}}
+    contexts = [
+        {"name": "team", "context": {"cluster": "gke", "user": "me", "namespace": "team-a"}},
+        {"name": "plain", "context": {"cluster": "gke", "user": "me"}},
+    ]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "me", "user": {"token": "t0ken"}}],
+        "contexts": contexts,
+        "current-context": "plain",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_without_a_kubeconfig_the_plugin_says_so_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(home), "KUBERNETES_SERVICE_HOST": None}
+    for args in (["runs"], ["logs", RUN, "train"]):
+        result = CliRunner().invoke(kp.cli, args, env=env)
+        assert result.exit_code != 0
+        (line,) = result.output.splitlines()
+        assert line.startswith("Error: no kubeconfig: $KUBECONFIG") and str(tmp_path / "missing") in line
+        assert "KUBERNETES_SERVICE_HOST" in line and "--kubeconfig" in line
+    result = CliRunner().invoke(kp.cli, ["-n", "x", "runs"], env={**env, "KUBECONFIG": None})
+    (line,) = result.output.splitlines()
+    assert f"$KUBECONFIG is unset and {home / '.kube' / 'config'} does not exist" in line
+
+
+def test_namespace_is_the_flag_else_the_contexts_else_asrflow(
+    no_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")
+    resolve = kp.resolve_target
+    assert resolve(kubeconfig=str(config), context="team") == kp.Target("team-a", str(config), "team")
+    assert resolve(kubeconfig=str(config), context="plain").namespace == placement.NAMESPACE
+    assert resolve(kubeconfig=str(config)).context == "plain"  # the current-context
+    assert resolve("mine", str(config), "team").namespace == "mine"
+    # $KUBECONFIG is a list; files that do not exist are skipped, as kubectl skips them
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "gone"), str(config)]))
+    assert resolve(context="team") == kp.Target("team-a", str(config), "team")
+    monkeypatch.setenv(kp.NAMESPACE_ENV, "from-env")
+    assert resolve(context="team").namespace == "from-env"
+    assert resolve("flag", context="team").namespace == "flag"
+    # ~/.kube/config when $KUBECONFIG is unset
+    monkeypatch.delenv("KUBECONFIG")
+    monkeypatch.delenv(kp.NAMESPACE_ENV)
+    (no_cluster / ".kube").mkdir()
+    default = write_kubeconfig(no_cluster / ".kube" / "config", "https://127.0.0.1:1")
+    assert resolve(context="team") == kp.Target("team-a", str(default), "team")
+
+
+def test_in_a_pod_the_namespace_is_the_service_accounts(
+    no_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    namespace_file = tmp_path / "namespace"
+    namespace_file.write_text("team-b\n")
+    monkeypatch.setattr(kp, "SERVICE_ACCOUNT_NAMESPACE", str(namespace_file))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert kp.resolve_target() == kp.Target("team-b")
+    namespace_file.unlink()
+    assert kp.resolve_target().namespace == placement.NAMESPACE
+
+
+@pytest.mark.parametrize(
+    ("args", "context", "namespace"),
+    [
+        (["--kubeconfig", "K", "--context", "team", "runs"], "team", "team-a"),
+        (["runs", "--kubeconfig", "K", "--context", "team"], "team", "team-a"),
+        (["--kubeconfig", "K", "runs"], "plain", placement.NAMESPACE),
+        (["-n", "before", "--kubeconfig", "K", "runs"], "plain", "before"),
+        (
+            ["-n", "before", "--context", "plain", "runs", "-n", "after", "--kubeconfig", "K"],
+            "plain",
+            "after",
+        ),
+        (["--context", "team", "logs", RUN, "train", "--kubeconfig", "K"], "team", "team-a"),
+        (["--kubeconfig", "K", "logs", RUN, "train", "--namespace", "after"], "plain", "after"),
+    ],
+)
+def test_cluster_flags_go_before_or_after_the_subcommand(
+    no_cluster: Path, tmp_path: Path, args: list[str], context: str, namespace: str
+) -> None:
+    server = f"https://127.0.0.1:{closed_port()}"
+    config = write_kubeconfig(tmp_path / "config", server)
+    result = CliRunner().invoke(kp.cli, [str(config) if a == "K" else a for a in args])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: cannot reach the API server at {server} (context {context}, namespace {namespace}): "
+        "Connection refused"
+    ]
+
+
+def test_bad_context_and_kubeconfig_are_one_line_errors(no_cluster: Path, tmp_path: Path) -> None:
+    config = write_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")
+    broken = tmp_path / "broken"
+    broken.write_text("clusters: [\n")
+    cases = {
+        f"context 'nope' is not in kubeconfig {config} (its contexts: plain, team)": [
+            "--context",
+            "nope",
+            "--kubeconfig",
+            str(config),
+        ],
+        f"cannot read kubeconfig {tmp_path / 'absent'} (from --kubeconfig): No such file or directory": [
+            "--kubeconfig",
+            str(tmp_path / "absent"),
+        ],
+        f"cannot read kubeconfig {tmp_path} (from --kubeconfig): Is a directory": [
+            "--kubeconfig",
+            str(tmp_path),
+        ],
+        f"kubeconfig {broken} is not a valid kubeconfig: ": ["--kubeconfig", str(broken)],
+    }
+    for message, args in cases.items():
+        result = CliRunner().invoke(kp.cli, [*args, "runs"])
+        assert result.exit_code == 1
+        (line,) = result.output.splitlines()
+        assert line.startswith(f"Error: {message}"), line
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """An API server that answers every request with the Status the one in ``status`` would."""
+
+    status = 403
+
+    def do_GET(self) -> None:
+        message = 'pods is forbidden: User "alice@example.com" cannot list resource "pods"'
+        body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": self.status})
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[str]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_forbidden_names_the_viewer_role_and_unauthorized_the_credentials(
+    no_cluster: Path, tmp_path: Path, refusing_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", refusing_server)
+    result = CliRunner().invoke(kp.cli, ["--kubeconfig", str(config), "--context", "team", "runs"])
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: the API server at {refusing_server} (context team, namespace team-a)")
+    assert "403 Forbidden: pods is forbidden" in line
+    assert f"needs the {placement.VIEWER_ROLE} Role in namespace team-a" in line
+    assert f"create rolebinding {placement.VIEWER_ROLE}-USER --role {placement.VIEWER_ROLE}" in line
+    monkeypatch.setattr(_Refusing, "status", 401)
+    result = CliRunner().invoke(kp.cli, ["logs", RUN, "train", "--kubeconfig", str(config)])
+    (line,) = result.output.splitlines()
+    assert "did not accept your credentials (401 Unauthorized)" in line and "get-credentials" in line
+
+
+def test_debug_adds_the_traceback(no_cluster: Path, tmp_path: Path) -> None:
+    config = write_kubeconfig(tmp_path / "config", f"https://127.0.0.1:{closed_port()}")
+    result = CliRunner().invoke(kp.cli, ["--debug", "--kubeconfig", str(config), "runs"])
+    lines = result.output.splitlines()
+    assert result.exit_code == 1 and lines[0] == "Traceback (most recent call last):"
+    assert lines[-1].startswith("Error: cannot reach the API server")
+    result = CliRunner().invoke(kp.cli, ["--kubeconfig", str(config), "--context", "nope", "runs", "--debug"])
+    assert "Traceback" in result.output and result.output.splitlines()[-1].startswith("Error: context")
+
+
+# --- -o table|json|yaml ------------------------------------------------------------------
+
+
+def test_runs_as_json_and_yaml_hold_the_runs_of_the_table(
+    pods: list[k8s.V1Pod], no_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kp, "list_pods", lambda core, namespace: pods)
+    monkeypatch.setattr(kp, "list_trainjobs", lambda custom, namespace: [the_trainjob("Failed")])
+    config = write_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")
+    outputs = {}
+    for output in kp.OUTPUTS:
+        args = ["--kubeconfig", str(config), "runs", "--no-progress", "-o", output]
+        result = CliRunner().invoke(kp.cli, args)
+        assert result.exit_code == 0, result.output
+        outputs[output] = result.output
+    as_json, as_yaml = json.loads(outputs["json"]), yaml.safe_load(outputs["yaml"])
+    assert as_json == as_yaml
+    table_runs = [line.split()[1] for line in outputs["table"].splitlines() if line.startswith("RUN ")]
+    assert [run["run"] for run in as_json] == table_runs == [RUN, OTHER_RUN]
+    assert list(as_json[0]) == [field.name for field in dataclasses.fields(kp.RunSummary)]
+    first_run = outputs["table"].split("\n\n")[0].splitlines()
+    steps = [line.split()[0] for line in first_run[2:] if not line.startswith("  TrainJob ")]
+    assert [step["step"] for step in as_json[0]["steps"]] == steps == ["download", "write-shards", "train"]
+    assert as_json[0]["trainjobs"][0]["state"] == "Failed"
+    assert kp.render_runs([], "json", NOW) == "[]" and kp.render_runs([], "yaml", NOW) == "[]"
