@@ -5,12 +5,14 @@ KFP UI; ``asrflow run --local`` runs this same function through ``kfp.local``. S
 library and kfp only at top level: compiling needs neither NeMo nor torch.
 """
 
+import inspect
+import json
 from pathlib import Path
 
 from kfp import compiler, dsl
 
 from components.buckets.component import estimate_buckets
-from components.download.component import download, prepare_eval_set
+from components.download.component import download, prepare_eval_set, resolve_revision
 from components.evaluate.component import evaluate
 from components.shard.component import merge_shards, plan_shard_groups, write_shard_group
 from components.train.component import launch_trainjob, train
@@ -41,15 +43,25 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
 
     Args:
         gpu: ``v100`` or ``a100``: the node pool, accelerator and precision of training.
-        gpus_per_node: GPUs per training node (default: the pool's).
+        gpus_per_node: GPUs per training node (default: the pool's; at most the pool's, or
+            the pods could never be scheduled).
         local: for ``kfp.local`` on this machine: no retries (kfp.local honours them with
             their backoff, which here only delays the report of a real error) and the
             precision chosen by the hardware found (32 on a CPU) instead of the pool's.
+
+    Raises:
+        ValueError: an unknown GPU, or more GPUs per node than the pool's nodes have.
     """
+    if gpu not in placement.GPU_POOLS:
+        raise ValueError(f"unknown GPU {gpu!r}: choose one of {', '.join(placement.GPU_POOLS)}")
     pool = placement.GPU_POOLS[gpu]
     gpus = gpus_per_node or pool.gpus_per_node
+    if not 1 <= gpus <= pool.gpus_per_node:
+        raise ValueError(
+            f"--gpus {gpus}: the {gpu} pool's nodes ({pool.machine_type}) have {pool.gpus_per_node} "
+            f"GPU(s) each; a pod asking for more is never scheduled. Use num_nodes for more GPUs."
+        )
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def asr_training(
         data_root: str = "gs://YOUR-BUCKET/asrflow",
         train_source: str = "hf://datasets/MLCommons/peoples_speech",
@@ -57,7 +69,7 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         train_split: str = "train",
         revision: str = "main",
         validation_set: dict = LIBRISPEECH_DEV_CLEAN,
-        eval_sets: list = [LIBRISPEECH_DEV_CLEAN, LIBRISPEECH_TEST_CLEAN],  # noqa: B006 (KFP default)
+        eval_sets: list = [LIBRISPEECH_TEST_CLEAN],  # noqa: B006 (KFP default)
         num_shards: int = 1024,
         shard_groups: int = 32,
         seed: int = 0,
@@ -71,6 +83,7 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         train_overrides: list = [],  # noqa: B006 (KFP default)
         num_nodes: int = 1,
         champion_name: str = "",
+        max_wer: float = 0.9,
     ) -> dsl.Artifact:
         """Train a NeMo Conformer-CTC on a hub speech dataset and evaluate WER/CER.
 
@@ -83,8 +96,9 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             revision: hub branch, tag or commit; the download step resolves it to a commit SHA,
                 so new data upstream makes new cache keys downstream.
             validation_set: the set validated on during training ({name, source, config,
-                split, revision, column names}).
-            eval_sets: the sets the trained model is evaluated on (same form).
+                split, revision, column names}); the trained model is evaluated on it too.
+            eval_sets: more sets the trained model is evaluated on (same form); do not repeat
+                the validation set here (it would be prepared twice at once).
             num_shards: NeMo tarred shards to write (a multiple of shard_groups).
             shard_groups: parallel write-shards tasks (each a group of input files).
             seed: seed for shard assignment and training.
@@ -101,20 +115,31 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             champion_name: the model in service, models/NAME/champion.json under data_root:
                 the new model replaces it only when its mean WER is lower. Empty: no
                 comparison, no promotion.
+            max_wer: promotion ceiling: a model whose mean WER is above it (0.9 = 90%) is
+                never promoted, even when there is no champion yet.
         """
         dataset_label = "train"
 
-        # Not cached: it resolves the revision to a commit SHA and verifies what an earlier
-        # run copied (cheap). Its output directory names that SHA, so the cached steps
-        # downstream get a new key exactly when the data changed upstream.
+        # Not cached: it resolves the revision to a commit SHA (or a content hash). The
+        # download is cached and keyed by it, so on unchanged data every data step after it
+        # is a cache hit (KFP 2.17's key holds input values and input artifact ids:
+        # backend/src/v2/cacheutils/cache.go:173-229; a hit hands downstream the cached
+        # execution's artifacts: backend/src/v2/driver/cache.go:56-80), and new data
+        # upstream makes new keys all the way down.
+        resolved = resolve_revision(
+            source=train_source, config=train_config, split=train_split, revision=revision
+        )
+        placement.place_data_step(resolved, "resolve-revision", dataset_label, cache=False)
+        placement.use_hub_token(resolved)
+
         raw = download(
             source=train_source,
             config=train_config,
             split=train_split,
-            revision=revision,
+            revision=resolved.outputs["Output"],
             data_root=data_root,
         )
-        placement.place_data_step(raw, "download", dataset_label, cache=False)
+        placement.place_data_step(raw, "download", dataset_label)
         placement.use_hub_token(raw)
 
         groups = plan_shard_groups(input_dir=raw.outputs["Output"], max_groups=shard_groups)
@@ -160,15 +185,13 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             checkpoint_every=checkpoint_every,
             overrides=train_overrides,
             seed=seed,
+            bucket_bins=bins.outputs["Output"],  # an input, not a file another step may rewrite
         )
         with dsl.If(num_nodes > 1, name="multi-node"):
             multi = launch_trainjob(**train_args, num_nodes=num_nodes, gpu=gpu)
-            multi.after(bins)
-            placement.place_data_step(multi, "train", dataset_label, cache=False)
-            multi.set_retry(placement.TRAIN_RETRIES)
+            placement.place_launcher_step(multi, "train", dataset_label)
         with dsl.Else(name="one-node"):
             single = train(**train_args, devices=gpus, precision="" if local else pool.precision)
-            single.after(bins)
             placement.place_gpu_step(single, "train", gpu, gpus, dataset_label)
         model_uri = dsl.OneOf(multi.outputs["model_uri"], single.outputs["model_uri"])
 
@@ -178,14 +201,83 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             data_root=data_root,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             champion_name=champion_name,
+            max_wer=max_wer,
+            validation_set=validation.outputs["eval_set"],
         )
-        placement.place_gpu_step(scores, "evaluate", gpu, 1, dataset_label, retries=placement.DATA_RETRIES)
+        placement.place_gpu_step(scores, "evaluate", gpu, 1, dataset_label, retry=placement.EVALUATE_RETRY)
         if local:
-            for task in (raw, groups, part, shards, bins, validation, prepared, multi, single, scores):
+            tasks = (resolved, raw, groups, part, shards, bins, validation, prepared, multi, single, scores)
+            for task in tasks:
                 task.set_retry(0)
         return scores.outputs["card"]
 
-    return asr_training
+    return dsl.pipeline(name=PIPELINE_NAME, description=pipeline_description(asr_training))(asr_training)
+
+
+# --- the parameter guide: KFP 2.17's run form shows only `name - type` ------------------------
+
+README_BEGIN = "<!-- parameters begin -->"
+README_END = "<!-- parameters end -->"
+
+
+def _short(value: object) -> str:
+    """A default as a person reads it in a table: eval-set objects by their names."""
+    if isinstance(value, dict) and "name" in value:
+        return f"{{name: {value['name']}, …}}"
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def parameter_guide(pipeline_func) -> list[dict[str, str]]:
+    """Name, type, default and meaning of each pipeline parameter, from its signature and
+    docstring (the same text KFP puts in the compiled YAML's parameter descriptions)."""
+    import docstring_parser
+
+    meaning = {
+        param.arg_name: " ".join((param.description or "").split())
+        for param in docstring_parser.parse(pipeline_func.__doc__ or "").params
+    }
+    return [
+        {
+            "name": name,
+            "type": getattr(param.annotation, "__name__", str(param.annotation)),
+            "default": _short(param.default),
+            "description": meaning.get(name, ""),
+        }
+        for name, param in inspect.signature(pipeline_func).parameters.items()
+    ]
+
+
+def pipeline_description(pipeline_func) -> str:
+    """What the KFP UI shows of the pipeline: its purpose and every parameter's meaning."""
+    summary = (pipeline_func.__doc__ or "").strip().splitlines()[0]
+    lines = [summary, "", "Parameters (the run form shows only their names and types):"]
+    lines += [
+        f"- {row['name']} ({row['type']}, default {row['default']}): {row['description']}"
+        for row in parameter_guide(pipeline_func)
+    ]
+    return "\n".join(lines)
+
+
+def parameter_table(pipeline_func) -> str:
+    """The guide as the Markdown table README.md carries between its parameter markers."""
+    rows = ["| parameter | type | default | meaning |", "|---|---|---|---|"]
+    for row in parameter_guide(pipeline_func):
+        cells = [f"`{row['name']}`", row["type"], f"`{row['default']}`", row["description"]]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Put :func:`parameter_table` between README's parameter markers."""
+    text = readme.read_text(encoding="utf-8")
+    head, begin, rest = text.partition(README_BEGIN)
+    _, end, tail = rest.partition(README_END)
+    if not (begin and end):
+        raise ValueError(f"{readme} has no {README_BEGIN} … {README_END} markers")
+    table = parameter_table(asr_training.pipeline_func)
+    readme.write_text(f"{head}{README_BEGIN}\n{table}\n{README_END}{tail}", encoding="utf-8")
 
 
 asr_training = build_pipeline()
@@ -197,3 +289,9 @@ def compile_pipeline(out: str, gpu: str = "v100", gpus_per_node: int | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(gpu, gpus_per_node), package_path=str(path))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_readme_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

@@ -14,6 +14,7 @@ from components.progress import setup_logging
 
 # (module, click command attribute): added to the group when the module exists.
 COMMANDS = (
+    ("components.download.cli", "resolve_revision"),
     ("components.download.cli", "download"),
     ("components.shard.cli", "write_shards"),
     ("components.buckets.cli", "estimate_buckets"),

@@ -42,7 +42,10 @@ def compile_pipeline(out: str, gpu: str, gpus: int | None) -> None:
     """
     from pipelines.asr_training import compile_pipeline as compile_yaml
 
-    path = compile_yaml(out, gpu=gpu, gpus_per_node=gpus)
+    try:
+        path = compile_yaml(out, gpu=gpu, gpus_per_node=gpus)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     click.echo(
         f"wrote {path} (training on spot {gpu}); upload it in the KFP UI or run: asrflow submit {path}"
     )

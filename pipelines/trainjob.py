@@ -29,6 +29,18 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGER = "asrflow.dev/pipeline"
 
+# The failure policy of manifests/base/training-runtime.yaml (declared here, checked equal
+# there by tests/pipelines/test_manifests.py; the YAML's comment cites JobSet v0.12.0, which
+# Trainer v2.3.0 uses). A reclaimed spot node fails its pod with the DisruptionTarget
+# condition; the Job's podFailurePolicy turns that into a Job failure with reason
+# PodFailurePolicy, and the JobSet restarts every node without counting it. Any other
+# failure restarts the JobSet too, at most TRAINJOB_MAX_RESTARTS times; then the TrainJob
+# fails and the KFP task's retries replace it (create_or_attach).
+TRAINJOB_MAX_RESTARTS = 5
+DISRUPTION_CONDITION = "DisruptionTarget"  # pod condition type (Kubernetes pod disruption conditions)
+POD_FAILURE_POLICY_REASON = "PodFailurePolicy"  # Job Failed reason (batch/v1 JobReasonPodFailurePolicy)
+NODE_DISRUPTION_RULE = "NodeDisruption"  # the JobSet failure policy rule's name
+
 # (API group, resource, verb) this module needs; the Role in manifests/ grants exactly the
 # union of these and the kubectl plugin's (a test checks it).
 REQUIRED_RBAC = frozenset(

@@ -7,6 +7,71 @@ import json
 import click
 
 
+def source_options(command):
+    """The options that say which data SOURCE means: config, split, revision, pattern, dataset."""
+    options = (
+        click.option(
+            "--config",
+            default=None,
+            help="Dataset config, e.g. clean [default: the only one, or the one the dataset card marks "
+            "default].",
+        ),
+        click.option(
+            "--split", default="train", show_default=True, help="Split: train, validation, test, ..."
+        ),
+        click.option(
+            "--revision",
+            default=None,
+            help="Hub branch, tag or commit (recorded as the commit SHA) [default: main]. For local "
+            "and gs:// sources: the content hash the data must have.",
+        ),
+        click.option(
+            "--pattern",
+            default=None,
+            help="Glob of the data files relative to SOURCE, {config} and {split} filled in, e.g. "
+            "'{config}/{split}/*.parquet'; '*' stays in one directory, '**' crosses them "
+            "[default: the dataset card's configs, else CONFIG/SPLIT-*.parquet].",
+        ),
+        click.option(
+            "--dataset", default=None, help="Dataset name in the card and key [default: from SOURCE]."
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command("resolve-revision")
+@click.argument("source")
+@source_options
+def resolve_revision(
+    source: str,
+    config: str | None,
+    split: str,
+    revision: str | None,
+    pattern: str | None,
+    dataset: str | None,
+) -> None:
+    """Print the revision a download of SOURCE would have now, copying nothing.
+
+    A hub branch or tag becomes its commit SHA; a local directory, gs:// prefix or manifest
+    gets the hash of its file listing (names, sizes, checksums). The pipeline runs this
+    first, uncached, and keys the cached download by it. The card is the last stdout line.
+
+    \b
+    Example:
+      asrflow resolve-revision hf://datasets/MLCommons/peoples_speech --config clean
+    """
+    from components.download import core
+    from components.manifest import ManifestError
+
+    try:
+        card = core.resolve_revision(source, config, split, revision, pattern, dataset)
+    except (core.DownloadError, ManifestError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(card, sort_keys=True, ensure_ascii=False))
+
+
 @click.command("download")
 @click.argument("source")
 @click.option("--out", default=None, help="Output directory, local or gs://.")
@@ -17,29 +82,10 @@ import click
     help="Without --out: write to DATA_ROOT/datasets/DATASET/CONFIG/SPLIT/REVISION/raw "
     "[env: ASRFLOW_DATA_ROOT].",
 )
-@click.option(
-    "--config",
-    default=None,
-    help="Dataset config, e.g. clean [default: the only one, or the one the dataset card marks default].",
-)
-@click.option("--split", default="train", show_default=True, help="Split: train, validation, test, ...")
-@click.option(
-    "--revision",
-    default=None,
-    help="Hub branch, tag or commit (recorded as the commit SHA) [default: main]. For local "
-    "and gs:// sources: the content hash the data must have.",
-)
+@source_options
 @click.option(
     "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Files copied at once."
 )
-@click.option(
-    "--pattern",
-    default=None,
-    help="Glob of the data files relative to SOURCE, {config} and {split} filled in, e.g. "
-    "'{config}/{split}/*.parquet'; '*' stays in one directory, '**' crosses them "
-    "[default: the dataset card's configs, else CONFIG/SPLIT-*.parquet].",
-)
-@click.option("--dataset", default=None, help="Dataset name in the card and key [default: from SOURCE].")
 @click.option("--id-column", default="id", show_default=True, help="Parquet column with the utterance id.")
 @click.option("--audio-column", default="audio", show_default=True, help="Parquet column with the audio.")
 @click.option("--text-column", default="text", show_default=True, help="Parquet column with the transcript.")

@@ -8,6 +8,49 @@ from components.images import DATA_IMAGE
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def resolve_revision(
+    source: str,
+    card: dsl.Output[dsl.Artifact],
+    config: str = "",
+    split: str = "train",
+    revision: str = "",
+    pattern: str = "",
+    dataset: str = "",
+) -> str:
+    """Resolve what a download of the source would copy now to a revision, copying nothing.
+
+    Runs uncached on every pipeline run; the download after it is cached and keyed by this
+    revision, so unchanged data reuses every data step of an earlier run (KFP's cache key
+    holds input values and input artifact ids) and new data upstream misses the cache.
+
+    Args:
+        source: as for download.
+        card: the step's card (source, dataset, config, split, revision, files, bytes).
+        config: dataset config; empty: the only or default one.
+        split: dataset split.
+        revision: hub branch, tag or commit; empty: main.
+        pattern: glob of data files relative to the source, instead of the dataset card's.
+        dataset: dataset name; empty: from the source.
+
+    Returns:
+        The hub commit SHA, or the content hash of a local or gs:// source.
+    """
+    import json
+
+    from components.download import core
+    from components.progress import setup_logging
+
+    setup_logging()
+    result = core.resolve_revision(
+        source, config or None, split, revision or None, pattern or None, dataset or None
+    )
+    with open(card.path, "w", encoding="utf-8") as out:
+        json.dump(result, out, sort_keys=True, indent=2)
+    card.metadata.update(revision=result["revision"], files=result["num_files"])
+    return result["revision"]
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
 def download(
     source: str,
     data_root: str,

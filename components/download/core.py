@@ -865,6 +865,48 @@ def make_plan(
     return plan_tree(source, config, split, revision, pattern, dataset, workers)
 
 
+def resolve_revision(
+    source: str,
+    config: str | None = None,
+    split: str = DEFAULT_SPLIT,
+    revision: str | None = None,
+    pattern: str | None = None,
+    dataset: str | None = None,
+    workers: int = 8,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """The revision a download of ``source`` would have now, without copying anything.
+
+    A hub branch or tag becomes its commit SHA; a local or gs:// source gets the hash of its
+    file listing. The pipeline runs this uncached and passes the result to a cached
+    download, so unchanged data reuses every data step of an earlier run and new data
+    upstream makes new cache keys.
+
+    Returns:
+        The card: source, dataset, config, split, revision, files and bytes.
+    """
+    if token is None:
+        token = os.environ.get("HF_TOKEN") or None
+    plan = make_plan(source, config, split, revision, pattern, dataset, workers, token)
+    log.info(
+        "resolve-revision: %s (config %s, split %s) is at %s",
+        plan.source,
+        plan.config,
+        plan.split,
+        plan.revision,
+    )
+    return {
+        "step": "resolve-revision",
+        "source": plan.source,
+        "dataset": plan.dataset,
+        "config": plan.config,
+        "split": plan.split,
+        "revision": plan.revision,
+        "num_files": len(plan.files),
+        "bytes": sum(f.size for f in plan.files),
+    }
+
+
 def download(
     source: str,
     out: str | None = None,

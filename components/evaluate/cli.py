@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from components.evaluate.core import DEFAULT_MAX_WER
+
 
 @click.command("evaluate")
 @click.argument("model", metavar="MODEL.nemo")
@@ -36,6 +38,14 @@ import click
     help="Mean-WER gain (absolute, 0.005 = half a point) needed to replace the champion; ties keep it.",
 )
 @click.option(
+    "--max-wer",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_MAX_WER,
+    show_default=True,
+    help="Promotion ceiling: a model whose mean WER is above it is never promoted, even when "
+    "there is no champion yet (1.0 = 100%).",
+)
+@click.option(
     "--reevaluate-champion",
     is_flag=True,
     help="Re-evaluate the champion even when its recorded WER was measured on these same sets.",
@@ -50,6 +60,7 @@ def evaluate(
     num_workers: int | None,
     worst: int,
     min_improvement: float,
+    max_wer: float,
     reevaluate_champion: bool,
 ) -> None:
     """Transcribe eval sets with a NeMo model and score WER and CER.
@@ -88,6 +99,7 @@ def evaluate(
             num_workers=num_workers,
             worst=worst,
             min_improvement=min_improvement,
+            max_wer=max_wer,
             reevaluate_champion=reevaluate_champion,
         )
     except (core.EvaluateError, ManifestError) as err:

@@ -18,6 +18,8 @@ def evaluate(
     champion_name: str = "",
     batch_size: int = 16,
     min_improvement: float = 0.0,
+    max_wer: float = 0.9,
+    validation_set: str = "",
 ):
     """Transcribe eval sets with a NeMo model, score WER/CER, promote it if it beats the champion.
 
@@ -35,6 +37,10 @@ def evaluate(
         champion_name: instead of champion_uri: ``models/<champion_name>/champion.json`` under data_root.
         batch_size: utterances per forward pass.
         min_improvement: mean-WER gain (absolute, 0.005 = half a point) needed to replace the champion.
+        max_wer: promotion ceiling: a model whose mean WER is above it is never promoted, even
+            when there is no champion yet.
+        validation_set: the set training validated on (``NAME=MANIFEST``), scored first; an
+            eval set of the same name is not scored twice.
     """
     import json
 
@@ -44,12 +50,13 @@ def evaluate(
     out_dir = core.run_eval_dir(data_root, run_id)
     result = core.evaluate(
         model_uri,
-        core.eval_set_specs(eval_sets),
+        core.eval_set_specs(([validation_set] if validation_set else []) + list(eval_sets)),
         out_dir,
         champion_uri=champion_uri
         or (core.champion_uri_for(data_root, champion_name) if champion_name else None),
         batch_size=batch_size,
         min_improvement=min_improvement,
+        max_wer=max_wer,
     )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)

@@ -49,6 +49,7 @@ HYPOTHESES_NAME = "hypotheses.jsonl"
 REPORT_NAME = "report.md"
 CHAMPION_NAME = "champion.json"
 CHAMPION_DIR = "champion"
+DEFAULT_MAX_WER = 0.9  # the promotion ceiling: above it a model is not fit for service
 INPUT_DIR = "input"
 SCORING = "normalize_text+jiwer-v1"
 """Names the scoring method; a recorded champion WER is reused only when it was scored the same way."""
@@ -125,10 +126,12 @@ def default_set_name(path: str) -> str:
 def eval_set_specs(items: Sequence[Any]) -> list[str]:
     """Eval sets as the pipeline hands them over (strings or ``{name, manifest}`` objects) -> specs.
 
+    A spec given twice (the validation set also listed among the eval sets) is kept once.
+
     Raises:
         EvaluateError: an item that is neither.
     """
-    specs = []
+    specs: list[str] = []
     for index, item in enumerate(items):
         if isinstance(item, str):
             specs.append(item)
@@ -138,7 +141,7 @@ def eval_set_specs(items: Sequence[Any]) -> list[str]:
             raise EvaluateError(
                 f"eval_sets[{index}]: expected a URI, NAME=URI or {{name, manifest}}, got {item!r}"
             )
-    return specs
+    return list(dict.fromkeys(specs))
 
 
 def run_eval_dir(data_root: str, run_id: str) -> str:
@@ -723,6 +726,7 @@ def run_champion(
     worst: int,
     min_improvement: float,
     reevaluate: bool,
+    max_wer: float = DEFAULT_MAX_WER,
 ) -> tuple[dict[str, Any], dict[str, SetResult] | None]:
     """Compare with the champion at ``champion_uri``; write a new champion.json if better.
 
@@ -730,10 +734,21 @@ def run_champion(
     when its recorded figures were used or there was no champion).
     """
     new_mean = mean_wer(results)
-    section: dict[str, Any] = {"uri": champion_uri, "mean_wer": new_mean, "min_improvement": min_improvement}
+    section: dict[str, Any] = {
+        "uri": champion_uri,
+        "mean_wer": new_mean,
+        "min_improvement": min_improvement,
+        "max_wer": max_wer,
+    }
     champion = read_champion(champion_uri)
     champion_results: dict[str, SetResult] | None = None
-    if champion is None:
+    if new_mean > max_wer:
+        # Checked first: a model this bad is never put in service, champion or not.
+        promoted, source = False, "not-compared"
+        reason = f"mean WER {_pct(new_mean)} is above the promotion ceiling {_pct(max_wer)} (--max-wer)"
+        if champion is not None:
+            section["previous_model"] = champion["model"]
+    elif champion is None:
         promoted, reason, source = True, "there was no champion yet", "none"
     elif champion.get("model_md5") == runner.md5:
         promoted, reason, source = False, "this model is the champion already (same .nemo MD5)", "same-model"
@@ -819,6 +834,7 @@ def render_report(
                 "recorded": "its WER as recorded in the champion file, measured on these same sets",
                 "re-evaluated": "re-evaluated here on the same sets",
                 "same-model": "the same model file",
+                "not-compared": "not compared: this model is above the promotion ceiling",
             }[champion["champion_source"]]
             lines.append(f"Champion compared: `{champion['previous_model']}` ({how}).")
             lines.append("")
@@ -856,6 +872,7 @@ def evaluate(
     worst: int = 10,
     min_improvement: float = 0.0,
     reevaluate_champion: bool = False,
+    max_wer: float = DEFAULT_MAX_WER,
     echo: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a .nemo model on eval sets; write hypotheses, report.md and card.json.
@@ -873,6 +890,7 @@ def evaluate(
         worst: how many worst utterances the report lists per set.
         min_improvement: absolute mean-WER gain a new model needs to be promoted (0.01 = 1 point).
         reevaluate_champion: re-evaluate the champion even when its recorded WER is from the same sets.
+        max_wer: a model whose mean WER is above this is never promoted, even with no champion.
         echo: print the card as the last stdout line.
 
     Returns:
@@ -908,6 +926,7 @@ def evaluate(
                 worst,
                 min_improvement,
                 reevaluate_champion,
+                max_wer,
             )
         report_uri = storage.join(out_dir, REPORT_NAME)
         storage.write_text(report_uri, render_report(model_key, results, champion_section, champion_results))

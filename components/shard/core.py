@@ -383,6 +383,27 @@ def _ensure_open_files(needed: int) -> None:
 # --- merging ------------------------------------------------------------------------------
 
 
+def finished_card(out_dir: str, settings_id: str) -> dict[str, Any] | None:
+    """The card of the dataset already finished in ``out_dir`` with these settings, or None.
+
+    A finished dataset is left as it is: a rerun (a retried or uncached KFP task on unchanged
+    data) neither rewrites its files nor drops what later steps added to its metadata.yaml.
+
+    Raises:
+        ShardError: ``out_dir`` holds a dataset finished with other input or settings.
+    """
+    if not storage.is_complete(out_dir):
+        return None
+    written = storage.read_text(storage.join(out_dir, storage.SUCCESS_MARKER)).strip()
+    if written != settings_id:
+        raise ShardError(
+            f"{out_dir} already holds a finished dataset made with other input or settings "
+            f"(settings {written}, now {settings_id}); choose a new --out"
+        )
+    log.info("%s: %s is complete, nothing to do", STEP, out_dir)
+    return cards.read_card(out_dir)
+
+
 def merge(plan: Plan, out_dir: str, max_reject_fraction: float) -> dict[str, Any]:
     """Join finished groups: the full manifest, rejects, metadata, card, then ``_SUCCESS``.
 
@@ -391,6 +412,9 @@ def merge(plan: Plan, out_dir: str, max_reject_fraction: float) -> dict[str, Any
         RejectThresholdExceeded: too many faulty items (duration filters do not count).
     """
     settings_id = plan.settings_id
+    finished_before = finished_card(out_dir, settings_id)
+    if finished_before is not None:
+        return finished_before
     stats = [read_group_stats(out_dir, group, settings_id) for group in plan.groups]
     missing = [group.name for group, s in zip(plan.groups, stats, strict=True) if s is None]
     if missing:
@@ -625,15 +649,9 @@ def write_shards(
         else:
             stats = write_group(plan, group, out_dir)
         return {**stats, "out_dir": out_dir, "settings": _settings(plan, out_dir, groups, split)}
-    if storage.is_complete(out_dir):
-        written = storage.read_text(storage.join(out_dir, storage.SUCCESS_MARKER)).strip()
-        if written != settings_id:
-            raise ShardError(
-                f"{out_dir} already holds a finished dataset made with other input or settings "
-                f"(settings {written}, now {settings_id}); choose a new --out"
-            )
-        log.info("%s: %s is complete, nothing to do", STEP, out_dir)
-        return cards.read_card(out_dir)
+    finished = finished_card(out_dir, settings_id)
+    if finished is not None:
+        return finished
     if not merge_only:
         _write_all_groups(plan, out_dir, workers)
     return merge(plan, out_dir, max_reject_fraction)

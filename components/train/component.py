@@ -28,6 +28,7 @@ def train(
     checkpoint_every: int = 0,
     overrides: list = [],  # noqa: B006 - KFP needs a literal default
     seed: int = -1,
+    bucket_bins: list = [],  # noqa: B006 - KFP needs a literal default
     init_from: str = "",
     freeze_encoder: bool = False,
     tokenizer_dir: str = "",
@@ -50,6 +51,8 @@ def train(
         checkpoint_every: steps between checkpoints (0: the config's).
         overrides: more config overrides, ``key=value`` each.
         seed: model-initialisation seed (-1: the config's); data order derives from it.
+        bucket_bins: Lhotse duration bins (estimate-buckets' output); empty: those in
+            metadata.yaml, else the config's.
         init_from: a .nemo model to start from (fine-tuning); empty for a fresh model.
         freeze_encoder: train the decoder only.
         tokenizer_dir: SentencePiece directory for a BPE config.
@@ -71,6 +74,7 @@ def train(
         overrides=overrides,
         max_steps=max_steps or None,
         seed=seed if seed >= 0 else None,
+        bucket_bins=bucket_bins,
         checkpoint_every=checkpoint_every or None,
         init_from=init_from or None,
         freeze_encoder=freeze_encoder,
@@ -105,6 +109,7 @@ def launch_trainjob(
     checkpoint_every: int = 0,
     overrides: list = [],  # noqa: B006 - KFP needs a literal default
     seed: int = -1,
+    bucket_bins: list = [],  # noqa: B006 - KFP needs a literal default
     init_from: str = "",
     freeze_encoder: bool = False,
     tokenizer_dir: str = "",
@@ -125,6 +130,8 @@ def launch_trainjob(
         checkpoint_every: steps between checkpoints (0: the config's).
         overrides: more config overrides, ``key=value`` each.
         seed: model-initialisation seed (-1: the config's).
+        bucket_bins: Lhotse duration bins (estimate-buckets' output); empty: those in
+            metadata.yaml, else the config's.
         init_from: a .nemo model to start from (fine-tuning).
         freeze_encoder: train the decoder only.
         tokenizer_dir: SentencePiece directory for a BPE config.
@@ -144,6 +151,7 @@ def launch_trainjob(
         overrides=overrides,
         max_steps=max_steps or None,
         seed=seed if seed >= 0 else None,
+        bucket_bins=bucket_bins,
         checkpoint_every=checkpoint_every or None,
         init_from=init_from or None,
         freeze_encoder=freeze_encoder,

@@ -641,11 +641,15 @@ def train_argv(
     precision: str | None = None,
     max_steps: int | None = None,
     seed: int | None = None,
+    bucket_bins: list[float] | tuple[float, ...] = (),
 ) -> list[str]:
     """The arguments after ``asrflow`` that run :func:`train` with these settings.
 
-    ``max_steps`` and ``seed`` become the overrides ``trainer.max_steps`` and
-    ``asrflow.seed`` (before the explicit ``overrides``, which win).
+    ``max_steps``, ``seed`` and ``bucket_bins`` become the overrides ``trainer.max_steps``,
+    ``asrflow.seed`` and ``model.train_ds.bucket_duration_bins`` (before the explicit
+    ``overrides``, which win). The pipeline passes estimate-buckets' output as
+    ``bucket_bins``: the bins reach training as an input, whatever a later rerun of another
+    step does to the dataset's metadata.yaml.
 
     A KFP task runs this command in a child process (Lightning starts DDP ranks by
     re-running the command line, which must be ``asrflow train``, not the KFP executor); a
@@ -674,6 +678,8 @@ def train_argv(
         argv.append(f"trainer.max_steps={max_steps}")
     if seed is not None:
         argv.append(f"asrflow.seed={seed}")
+    if bucket_bins:
+        argv.append(f"model.train_ds.bucket_duration_bins=[{','.join(repr(float(b)) for b in bucket_bins)}]")
     return argv + list(overrides)
 
 

@@ -807,6 +807,32 @@ def test_hub_source_to_local(hub: str, tmp_path: Path, caplog: pytest.LogCapture
     assert len(_Hub.seen_auth) == requests + 2  # the revision and the tree; no file
 
 
+def test_resolve_revision_names_the_commit_a_download_gets(hub: str, tmp_path: Path) -> None:
+    """The pipeline's uncached first step: main resolves to the hub's commit, nothing is copied."""
+    requests = len(_Hub.seen_auth)
+    result = CliRunner().invoke(
+        asrflow_main, ["resolve-revision", "hf://datasets/MLCommons/peoples_speech", "--config", "clean"]
+    )
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (card["step"], card["revision"], card["config"], card["split"]) == (
+        "resolve-revision",
+        HUB_SHA,
+        "clean",
+        "train",
+    )
+    assert len(_Hub.seen_auth) == requests + 2  # the revision and the tree; no file
+    download = core.download("hf://datasets/MLCommons/peoples_speech", str(tmp_path / "c"), config="clean")
+    assert download["revision"] == card["revision"] and download["num_files"] == card["num_files"]
+
+
+def test_resolve_revision_of_a_local_source_is_its_content_hash() -> None:
+    card = core.resolve_revision(str(CORPUS), "clean", "train")
+    assert card["revision"] == core.make_plan(str(CORPUS), "clean", "train").revision
+    result = CliRunner().invoke(asrflow_main, ["resolve-revision", "ftp://host/data"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
 def test_hub_source_to_gcs_by_the_cli(hub: str, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     out = f"{gcs_bucket}/ps"
     result = subprocess.run(

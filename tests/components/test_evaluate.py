@@ -294,7 +294,7 @@ def test_first_model_becomes_champion_then_a_better_one_replaces_it(
     champion = tmp_path / "models" / "demo" / "champion.json"
     blank = constant_nemo_model(None)  # says nothing: WER 100% on "a"
     first = run_evaluate(
-        blank, [f"letters={letter_set}"], tmp_path / "eval-blank", champion_uri=str(champion)
+        blank, [f"letters={letter_set}"], tmp_path / "eval-blank", champion_uri=str(champion), max_wer=1.0
     )
     assert first["champion"]["promoted"] is True and first["champion"]["champion_source"] == "none"
     record = json.loads(champion.read_text())
@@ -312,6 +312,41 @@ def test_first_model_becomes_champion_then_a_better_one_replaces_it(
     assert not list(champion.parent.glob(".tmp-*"))
 
 
+def test_a_model_above_the_promotion_ceiling_is_never_promoted(
+    constant_nemo_model: Callable[[str | None], Path], letter_set: Path, tmp_path: Path
+) -> None:
+    champion = tmp_path / "models" / "demo" / "champion.json"
+    blank = constant_nemo_model(None)  # WER 100%
+    card = run_evaluate(blank, [f"letters={letter_set}"], tmp_path / "eval", champion_uri=str(champion))
+    decision = card["champion"]
+    assert decision["promoted"] is False and decision["max_wer"] == core.DEFAULT_MAX_WER == 0.9
+    assert "above the promotion ceiling 90.00%" in decision["reason"]
+    assert not champion.exists()
+    assert "not promoted" in (tmp_path / "eval" / "report.md").read_text()
+
+    run_evaluate(
+        constant_nemo_model("a"), [f"letters={letter_set}"], tmp_path / "a", champion_uri=str(champion)
+    )
+    before = champion.read_bytes()
+    card = run_evaluate(blank, [f"letters={letter_set}"], tmp_path / "again", champion_uri=str(champion))
+    assert card["champion"]["promoted"] is False and champion.read_bytes() == before
+    assert "above the promotion ceiling" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_the_component_default_ceiling_is_the_cores() -> None:
+    import inspect
+
+    from components.evaluate.component import evaluate
+
+    default = inspect.signature(evaluate.python_func).parameters["max_wer"].default
+    assert default == core.DEFAULT_MAX_WER
+
+
+def test_a_set_given_twice_is_scored_once() -> None:
+    specs = core.eval_set_specs(["dev=gs://b/dev.json", "test=gs://b/test.json", "dev=gs://b/dev.json"])
+    assert specs == ["dev=gs://b/dev.json", "test=gs://b/test.json"]
+
+
 def test_worse_model_leaves_champion_untouched_after_reevaluating_it(
     constant_nemo_model: Callable[[str | None], Path], letter_set: Path, tmp_path: Path
 ) -> None:
@@ -323,7 +358,11 @@ def test_worse_model_leaves_champion_untouched_after_reevaluating_it(
 
     # another set name: the recorded WER is not from these sets, so the champion runs again
     card = run_evaluate(
-        constant_nemo_model("b"), [f"renamed={letter_set}"], tmp_path / "eval-b", champion_uri=str(champion)
+        constant_nemo_model("b"),
+        [f"renamed={letter_set}"],
+        tmp_path / "eval-b",
+        champion_uri=str(champion),
+        max_wer=1.0,  # compared, not stopped by the ceiling
     )
     decision = card["champion"]
     assert card["sets"]["renamed"]["wer"] == 1.0

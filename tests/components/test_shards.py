@@ -231,6 +231,25 @@ def test_same_input_and_seed_give_the_same_bytes(
     assert dataset_bytes(other_seed)["audio_0.tar"] != dataset_bytes(bundled_shards)["audio_0.tar"]
 
 
+def test_a_rerun_merge_keeps_the_finished_dataset_and_its_bins(tmp_path: Path, bundled_corpus: Path) -> None:
+    """A KFP rerun of merge on unchanged data (a retry, or a cache miss upstream) must not
+    rewrite metadata.yaml without the bins estimate-buckets added."""
+    from components.buckets.core import estimate_buckets
+
+    source = str(bundled_corpus / "clean")
+    fan = tmp_path / "fan"
+    cards = [core.write_shards(source, str(fan), 4, 0, groups=2, group=i) for i in (0, 1)]
+    first = core.merge_groups(source, cards, 0.01)
+    bins = estimate_buckets(str(fan), num_buckets=3)["bucket_duration_bins"]
+    before = {name: (data, (fan / name).stat().st_mtime_ns) for name, data in dataset_bytes(fan).items()}
+    again = core.merge_groups(source, cards, 0.01)
+    assert again == first
+    after = {name: (data, (fan / name).stat().st_mtime_ns) for name, data in dataset_bytes(fan).items()}
+    assert after == before
+    metadata = yaml.safe_load((fan / core.METADATA_NAME).read_text())
+    assert metadata["dataset_config"]["bucket_duration_bins"] == bins
+
+
 def test_fan_out_and_merge_equal_one_run(tmp_path: Path, bundled_corpus: Path) -> None:
     source = str(bundled_corpus / "clean")
     single = tmp_path / "single"

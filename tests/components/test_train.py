@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 
 from components import manifest, storage
 from components.train import checkpoints, core, data
@@ -510,6 +511,25 @@ def test_train_argv_is_what_the_cli_parses():
     assert params["freeze_encoder"] and params["devices"] == 2 and params["num_nodes"] is None
     with pytest.raises(core.TrainError, match="key=value"):
         core.train_argv("s", "v", "r", overrides=["oops"])
+
+
+def test_bins_from_the_pipeline_win_over_metadata_yaml(bundled_shards: Path, tmp_path: Path):
+    """The pipeline hands estimate-buckets' output to train (train_argv's bucket_bins), so the
+    bins do not depend on what metadata.yaml holds when training starts."""
+    from components.train.cli import train as train_command
+    from components.train.data import open_tarred_dataset
+
+    argv = core.train_argv("shards", "val.json", "run", config="tiny", bucket_bins=[1.25, 2.5, 5.0])
+    overrides = list(train_command.make_context("train", argv[1:]).params["overrides"])
+    assert overrides == ["model.train_ds.bucket_duration_bins=[1.25,2.5,5.0]"]
+    cfg = core.load_config("tiny", overrides)
+    with open_dict(cfg.model.train_ds):
+        cfg.model.train_ds.use_bucketing = True
+    dataset = open_tarred_dataset(str(bundled_shards), str(tmp_path / "data"))
+    assert dataset.bucket_duration_bins() is None  # the shared fixture has no bins of its own
+    core._configure_data(cfg, dataset, "val.json", seed=0)
+    assert list(cfg.model.train_ds.bucket_duration_bins) == [1.25, 2.5, 5.0]
+    assert cfg.model.train_ds.num_buckets == 4 and cfg.model.train_ds.use_bucketing
 
 
 def test_train_component_in_kfp_local(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path):

@@ -4,51 +4,25 @@ images, GPUs, node selectors, tolerations, retries, caching, labels and the hub 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from components.images import DATA_IMAGE, TRAIN_IMAGE
 from pipelines import placement
 from pipelines.asr_training import compile_pipeline
 from pipelines.cli import main
+from tests.pipelines.compiled import Compiled
 
-DATA_STEPS = {"download", "plan-shard-groups", "write-shard-group", "merge-shards", "estimate-buckets"}
+DATA_STEPS = {
+    "resolve-revision",
+    "download",
+    "plan-shard-groups",
+    "write-shard-group",
+    "merge-shards",
+    "estimate-buckets",
+}
 GPU_STEPS = {"train", "evaluate"}
-
-
-class Compiled:
-    """The two YAML documents KFP writes: the pipeline spec and the Kubernetes platform spec."""
-
-    def __init__(self, path: Path) -> None:
-        docs = list(yaml.safe_load_all(path.read_text()))
-        self.spec, self.platform = docs[0], docs[1]
-        self.executors = self.spec["deploymentSpec"]["executors"]
-        self.k8s = self.platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-        self.tasks = dict(self._walk_tasks())
-
-    def _walk_tasks(self):
-        """(task name, task spec) for every task in the root DAG and nested DAGs."""
-        dags = [self.spec["root"]["dag"]] + [c["dag"] for c in self.spec["components"].values() if "dag" in c]
-        for dag in dags:
-            yield from dag["tasks"].items()
-
-    def executor_of(self, task: dict[str, Any]) -> str:
-        return self.spec["components"][task["componentRef"]["name"]]["executorLabel"]
-
-    def container(self, task_name: str) -> dict[str, Any]:
-        return self.executors[self.executor_of(self.tasks[task_name])]["container"]
-
-    def kubernetes(self, task_name: str) -> dict[str, Any]:
-        return self.k8s[self.executor_of(self.tasks[task_name])]
-
-
-@pytest.fixture(scope="module", params=["v100", "a100"])
-def compiled(request, tmp_path_factory) -> tuple[str, Compiled]:
-    path = compile_pipeline(str(tmp_path_factory.mktemp("compiled") / "asrflow.yaml"), gpu=request.param)
-    return request.param, Compiled(path)
 
 
 def test_every_step_is_present(compiled) -> None:
@@ -108,24 +82,48 @@ def test_data_steps_on_the_cpu_pool(compiled) -> None:
 
 
 def test_retries_everywhere_with_a_preemption_budget_for_training(compiled) -> None:
+    """What Argo makes of these is checked in test_retry_policy.py."""
     _, c = compiled
     for name, task in c.tasks.items():
-        if "componentRef" not in task or name.startswith("for-loop") or name.startswith("condition"):
-            continue
         if c.spec["components"][task["componentRef"]["name"]].get("dag"):
             continue
-        policy = task["retryPolicy"]
-        assert policy["maxRetryCount"] >= placement.DATA_RETRIES, name
-        assert policy["backoffDuration"], name
-    assert c.tasks["train"]["retryPolicy"]["maxRetryCount"] == placement.TRAIN_RETRIES
-    assert c.tasks["launch-trainjob"]["retryPolicy"]["maxRetryCount"] == placement.TRAIN_RETRIES
+        assert task["retryPolicy"]["maxRetryCount"] >= placement.DATA_RETRY.retries, name
+    for step in ("train", "launch-trainjob"):
+        assert c.tasks[step]["retryPolicy"] == {
+            "maxRetryCount": placement.TRAIN_RETRY.retries,
+            "backoffDuration": f"{placement.TRAIN_RETRY.backoff_s}s",
+            "backoffFactor": float(placement.TRAIN_RETRY.factor),
+            "backoffMaxDuration": f"{placement.TRAIN_RETRY.window_s}s",
+        }, step
+
+
+def test_the_launcher_asks_for_what_polling_needs(compiled) -> None:
+    _, c = compiled
+    resources = c.container("launch-trainjob")["resources"]
+    assert resources["cpuRequest"] == 0.25
+    assert resources["resourceMemoryRequest"] == placement.LAUNCHER_MEMORY
+
+
+def test_bins_reach_training_as_an_input(compiled) -> None:
+    _, c = compiled
+    for step in ("train", "launch-trainjob"):
+        source = c.tasks[step]["inputs"]["parameters"]["bucket_bins"]["componentInputParameter"]
+        assert source == "pipelinechannel--estimate-buckets-Output", step
+
+
+def test_more_gpus_than_the_pool_has_is_refused_at_compile_time(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="have 1 GPU"):
+        compile_pipeline(str(tmp_path / "x.yaml"), gpu="v100", gpus_per_node=4)
+    result = CliRunner().invoke(main, ["compile", "--out", str(tmp_path / "x.yaml"), "--gpus", "8"])
+    assert result.exit_code != 0
+    assert "--gpus 8" in result.output and "Traceback" not in result.output
 
 
 def test_caching_on_for_keyed_data_steps_off_for_training(compiled) -> None:
     _, c = compiled
-    for step in {"plan-shard-groups", "write-shard-group", "merge-shards", "estimate-buckets"}:
+    for step in {"download", "plan-shard-groups", "write-shard-group", "merge-shards", "estimate-buckets"}:
         assert c.tasks[step]["cachingOptions"].get("enableCache") is True, step
-    for step in {"download", "prepare-eval-set", "train", "launch-trainjob", "evaluate"}:
+    for step in {"resolve-revision", "prepare-eval-set", "train", "launch-trainjob", "evaluate"}:
         assert not c.tasks[step]["cachingOptions"].get("enableCache"), step
 
 
@@ -141,7 +139,7 @@ def test_pod_labels(compiled) -> None:
 
 def test_hub_token_from_the_secret(compiled) -> None:
     _, c = compiled
-    for step in {"download", "prepare-eval-set", "prepare-eval-set-2"}:
+    for step in {"resolve-revision", "download", "prepare-eval-set", "prepare-eval-set-2"}:
         (secret,) = c.kubernetes(step)["secretAsEnv"]
         assert secret["secretName"] == placement.HF_TOKEN_SECRET
         assert secret["keyToEnv"] == [{"secretKey": placement.HF_TOKEN_KEY, "envVar": "HF_TOKEN"}]
@@ -155,10 +153,9 @@ def test_parameters_have_ui_descriptions_and_defaults(compiled) -> None:
     assert parameters["train_source"]["defaultValue"] == "hf://datasets/MLCommons/peoples_speech"
     assert parameters["train_config"]["defaultValue"] == "clean"
     assert parameters["model_config"]["defaultValue"] == "conformer_ctc_char"
-    assert [s["name"] for s in parameters["eval_sets"]["defaultValue"]] == [
-        "librispeech-dev-clean",
-        "librispeech-test-clean",
-    ]
+    assert parameters["validation_set"]["defaultValue"]["name"] == "librispeech-dev-clean"
+    assert [s["name"] for s in parameters["eval_sets"]["defaultValue"]] == ["librispeech-test-clean"]
+    assert parameters["max_wer"]["defaultValue"] == 0.9
     assert parameters["num_nodes"]["defaultValue"] == 1
     undocumented = [name for name, p in parameters.items() if not p.get("description")]
     assert not undocumented
@@ -179,3 +176,27 @@ def test_cli_compile_rejects_an_unknown_gpu(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["compile", "--out", str(tmp_path / "x.yaml"), "--gpu", "t4"])
     assert result.exit_code != 0
     assert "t4" in result.output
+
+
+def test_the_ui_description_and_readme_explain_every_parameter(compiled) -> None:
+    """KFP 2.17's run form shows parameters as `name - type` only: the pipeline's description
+    and README's table (regenerate: python -m pipelines.asr_training README.md) explain them."""
+    from pipelines.asr_training import asr_training, parameter_table
+
+    _, c = compiled
+    description = c.spec["pipelineInfo"]["description"]
+    for name in c.spec["root"]["inputDefinitions"]["parameters"]:
+        assert f"- {name} (" in description, name
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert parameter_table(asr_training.pipeline_func) in readme
+
+
+def test_a_retried_run_finds_its_own_run_directory_and_trainjob(compiled) -> None:
+    """KFP's Retry keeps the run id (KFP 2.17.0 apiserver resource_manager.go:1069-1147,
+    RetryRun), and every step that writes under runs/<run id> takes it from the run's own
+    id, never a per-attempt value: the retried run resumes the same checkpoints and
+    re-attaches to the TrainJob named after it (pipelines.trainjob.trainjob_name)."""
+    _, c = compiled
+    for step in ("train", "launch-trainjob", "evaluate"):
+        run_id = c.tasks[step]["inputs"]["parameters"]["run_id"]
+        assert run_id == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}, step

@@ -47,10 +47,14 @@ def test_evaluation_scores_both_bundled_sets(summary: dict) -> None:
     assert summary["eval"]["model"].endswith("model.nemo")
 
 
-def test_first_model_becomes_the_champion(summary: dict) -> None:
+def test_a_model_above_the_promotion_ceiling_is_not_promoted(summary: dict) -> None:
+    """Six CPU steps make a model that gets nearly every word wrong: even with no champion
+    yet it must not go into service (max_wer, 0.9 by default)."""
     champion = Path(summary["data_root"]) / "models" / "demo" / "champion.json"
-    assert json.loads(champion.read_text())["model"] == summary["eval"]["model"]
-    assert summary["eval"]["champion"]["promoted"] is True
+    decision = summary["eval"]["champion"]
+    assert summary["eval"]["mean_wer"] > decision["max_wer"] == 0.9
+    assert decision["promoted"] is False and "promotion ceiling" in decision["reason"]
+    assert not champion.exists()
 
 
 def test_metrics_reach_the_kfp_metrics_artifact(summary: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,74 @@ def test_training_runtime_validates_against_the_trainer_crd() -> None:
     validate_custom(one("base", "TrainingRuntime", placement.TRAINING_RUNTIME))
 
 
+# Kubeflow Trainer v2.3.0: its controller Deployment (manifests/base/manager/manager.yaml:19, in
+# the namespace of manifests/overlays/manager/kustomization.yaml:19) serves the webhooks that
+# validate TrainingRuntimes and TrainJobs (manifests/base/webhook/manifests.yaml:42-106,
+# failurePolicy Fail), and reports ready only once they listen
+# (cmd/trainer-controller-manager/main.go:186-203).
+TRAINER_INSTALL = (
+    "kubectl apply --server-side -k "
+    f'"github.com/kubeflow/trainer.git/manifests/overlays/manager?ref={placement.TRAINER_VERSION}"'
+)
+TRAINER_WEBHOOK = ("kubeflow-system", "kubeflow-trainer-controller-manager")
+
+
+def readme_commands(path: Path) -> list[str]:
+    """The commands of a Markdown file's ```bash blocks, in order, continuation lines joined."""
+    commands: list[str] = []
+    fence, current = None, ""
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+            continue
+        if fence != "bash":
+            continue
+        if line.endswith("\\"):
+            current += line[:-1].strip() + " "
+        else:
+            commands.append((current + line.strip()).strip())
+            current = ""
+    return commands
+
+
+def test_readme_installs_kubeflow_trainer_before_applying_its_objects() -> None:
+    """Kubeflow Trainer is a prerequisite, not an option: base holds a Trainer object (the
+    TrainingRuntime) and runs create TrainJobs. manifests/README.md installs Trainer, waits
+    for those kinds' CRDs and for the webhook that admits them, and only then applies base."""
+    trainer_kinds = {o["kind"] for o in built("base") if o["apiVersion"].startswith("trainer.kubeflow.org/")}
+    assert "TrainingRuntime" in trainer_kinds
+    commands = readme_commands(MANIFESTS / "README.md")
+
+    def first(matches, what: str) -> int:
+        found = [i for i, command in enumerate(commands) if matches(command)]
+        assert found, f"manifests/README.md has no command that {what}"
+        return found[0]
+
+    apply = first(
+        lambda c: re.match(r"kubectl apply -k manifests/(base|overlays/gke)$", c),
+        "applies asrflow's manifests",
+    )
+    install = first(lambda c: c == TRAINER_INSTALL, f"installs Kubeflow Trainer {placement.TRAINER_VERSION}")
+    for kind in sorted(trainer_kinds | {"TrainJob"}):
+        crd = yaml.load((CRDS / CUSTOM_KINDS[kind]).read_text(), Loader=yaml.CSafeLoader)["metadata"]["name"]
+        wait = first(
+            lambda c, crd=crd: (
+                c.startswith("kubectl wait --for condition=established") and f"crd/{crd}" in c.split()
+            ),
+            f"waits for crd/{crd}",
+        )
+        assert install < wait < apply, f"wait for crd/{crd} after installing Trainer, before applying"
+    namespace, deployment = TRAINER_WEBHOOK
+    webhook = first(
+        lambda c: (
+            c.startswith(f"kubectl -n {namespace} wait --for condition=available")
+            and f"deployment/{deployment}" in c.split()
+        ),
+        "waits for the Trainer webhook",
+    )
+    assert install < webhook < apply
+
+
 @pytest.mark.parametrize("gpu", sorted(placement.GPU_POOLS))
 def test_trainjob_the_pipeline_builds_validates_against_the_trainer_crd(gpu: str) -> None:
     job = trainjob.build_trainjob(
@@ -171,6 +240,18 @@ def test_trainjob_the_pipeline_builds_validates_against_the_trainer_crd(gpu: str
         dataset="peoples_speech",
     )
     validate_custom(job.to_dict())
+
+
+def test_crd_validation_covers_the_failure_policy() -> None:
+    runtime = copy.deepcopy(one("base", "TrainingRuntime", placement.TRAINING_RUNTIME))
+    policy = runtime["spec"]["template"]["spec"]["failurePolicy"]
+    policy["maxRestart"] = policy.pop("maxRestarts")
+    with pytest.raises(AssertionError, match="maxRestart"):
+        validate_custom(runtime)
+    runtime = copy.deepcopy(one("base", "TrainingRuntime", placement.TRAINING_RUNTIME))
+    runtime["spec"]["template"]["spec"]["failurePolicy"]["rules"][0]["action"] = "RestartAndIgnore"
+    with pytest.raises(AssertionError, match="RestartAndIgnore"):
+        validate_custom(runtime)
 
 
 def test_trainer_versions_agree() -> None:
@@ -342,10 +423,11 @@ def test_rbac_is_least_privilege(name: str) -> None:
     docs = built(name)
     assert not [o for o in docs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     for role in objects(name, "Role"):
-        for group, resource, verb, _ in rules_as_set(role):
+        for group, resource, verb, resource_name in rules_as_set(role):
             assert "*" not in (group, resource, verb), role["metadata"]["name"]
             assert resource != "pods/exec" and resource != "pods/attach"
-            assert not (resource == "secrets" and verb in ("list", "watch", "get"))
+            if resource == "secrets":  # only `get`, and only of a Secret the rule names
+                assert verb == "get" and resource_name, f"{role['metadata']['name']}: secrets {verb}"
     binding = one(name, "RoleBinding", placement.RUNNER_SERVICE_ACCOUNT)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -415,6 +497,110 @@ def test_priority_class_is_used_by_the_training_runtime() -> None:
     assert runtime["spec"]["mlPolicy"]["torch"] == {}
 
 
+# --- the TrainJob's failure policy (JobSet v0.12.0, which Trainer v2.3.0's go.mod pins) -------
+
+# jobset v0.12.0 pkg/webhooks/jobset_webhook.go:82-91 (the Job failure reasons a rule may
+# name) and :416-418 (rule names); pkg/controllers/failure_policy.go:44-45 (no rule matched).
+JOBSET_FAILURE_REASONS = {
+    "BackoffLimitExceeded",
+    "DeadlineExceeded",
+    "FailedIndexes",
+    "MaxFailedIndexesExceeded",
+    "PodFailurePolicy",
+}
+JOBSET_RULE_NAME = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+JOBSET_DEFAULT_ACTION = "RestartJobSet"
+
+
+def runtime_jobset_spec() -> dict[str, Any]:
+    return one("base", "TrainingRuntime", placement.TRAINING_RUNTIME)["spec"]["template"]["spec"]
+
+
+def job_failure_reason(job_spec: dict[str, Any], pod: dict[str, Any]) -> str:
+    """The reason of the Failed condition Kubernetes' Job controller sets when this pod fails
+    (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy): the
+    first podFailurePolicy rule whose pod conditions match decides; FailJob fails the Job
+    with reason PodFailurePolicy. Otherwise the failure counts against backoffLimit."""
+    conditions = {(c["type"], c.get("status", "True")) for c in pod.get("conditions", [])}
+    for rule in (job_spec.get("podFailurePolicy") or {}).get("rules", []):
+        patterns = {(c["type"], c.get("status", "True")) for c in rule.get("onPodConditions", [])}
+        if patterns & conditions:
+            assert rule["action"] == "FailJob", rule
+            return trainjob.POD_FAILURE_POLICY_REASON
+    assert job_spec.get("backoffLimit") == 0, "with retries left the Job would not fail yet"
+    return "BackoffLimitExceeded"
+
+
+def jobset_action(policy: dict[str, Any], replicated_job: str, reason: str) -> str:
+    """The action JobSet's controller takes for a failed Job (failure_policy.go:87-119: the
+    first rule whose reasons and target replicated jobs match; empty lists match all)."""
+    for rule in policy.get("rules", []):
+        reasons = rule.get("onJobFailureReasons") or [reason]
+        targets = rule.get("targetReplicatedJobs") or [replicated_job]
+        if reason in reasons and replicated_job in targets and not rule.get("onJobFailureMessagePatterns"):
+            return rule["action"]
+    return JOBSET_DEFAULT_ACTION
+
+
+def test_training_runtime_carries_the_failure_policy() -> None:
+    spec = runtime_jobset_spec()
+    policy = spec["failurePolicy"]
+    assert policy["maxRestarts"] == trainjob.TRAINJOB_MAX_RESTARTS
+    assert policy["rules"] == [
+        {
+            "name": trainjob.NODE_DISRUPTION_RULE,
+            "action": "RestartJobSetAndIgnoreMaxRestarts",
+            "onJobFailureReasons": [trainjob.POD_FAILURE_POLICY_REASON],
+            "targetReplicatedJobs": [trainjob.TRAINER_CONTAINER],
+        }
+    ]
+    (replicated,) = spec["replicatedJobs"]
+    job = replicated["template"]["spec"]
+    assert job["backoffLimit"] == 0
+    assert job["podFailurePolicy"]["rules"] == [
+        {"action": "FailJob", "onPodConditions": [{"type": trainjob.DISRUPTION_CONDITION, "status": "True"}]}
+    ]
+    # podFailurePolicy "cannot be used in combination with restartPolicy=OnFailure" (the CRD's
+    # own description of the field), and JobSet's webhook defaults an empty one to OnFailure.
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_failure_policy_passes_jobsets_webhook_checks() -> None:
+    spec = runtime_jobset_spec()
+    names = {r["name"] for r in spec["replicatedJobs"]}
+    rules = spec["failurePolicy"]["rules"]
+    assert len({r["name"] for r in rules}) == len(rules)
+    for rule in rules:
+        assert JOBSET_RULE_NAME.match(rule["name"]) and 1 <= len(rule["name"]) <= 128
+        assert set(rule.get("onJobFailureReasons", [])) <= JOBSET_FAILURE_REASONS
+        assert set(rule.get("targetReplicatedJobs", [])) <= names
+        # RestartJob* actions need JobSet's RestartJob feature gate (jobset_webhook.go:440-444).
+        assert rule["action"] not in ("RestartJob", "RestartJobAndIgnoreMaxRestarts")
+
+
+def disrupted(reason: str) -> dict[str, Any]:
+    """A failed pod as Kubernetes marks a disruption (pod disruption conditions)."""
+    return {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": reason}]}
+
+
+@pytest.mark.parametrize(
+    ("pod", "action"),
+    [
+        # GKE reclaims the spot node: graceful node shutdown (TerminationByKubelet), or the
+        # node is gone and PodGC deletes the pod (DeletionByPodGC).
+        (disrupted("TerminationByKubelet"), "RestartJobSetAndIgnoreMaxRestarts"),
+        (disrupted("DeletionByPodGC"), "RestartJobSetAndIgnoreMaxRestarts"),
+        # The training process exits non-zero (a bug, NCCL, OOM): counted against maxRestarts.
+        ({"conditions": [{"type": "Ready", "status": "False"}]}, "RestartJobSet"),
+    ],
+)
+def test_a_reclaimed_node_restarts_uncounted_and_a_crash_counts(pod: dict[str, Any], action: str) -> None:
+    spec = runtime_jobset_spec()
+    (replicated,) = spec["replicatedJobs"]
+    reason = job_failure_reason(replicated["template"]["spec"], pod)
+    assert jobset_action(spec["failurePolicy"], replicated["name"], reason) == action
+
+
 def test_hub_token_secret_is_a_template_without_a_value() -> None:
     path = MANIFESTS / "base" / "hf-token-secret.template.yaml"
     secret = yaml.safe_load(path.read_text())
@@ -461,9 +647,39 @@ def test_kfp_runs_as_the_runner_and_reads_the_launcher_config_the_role_allows() 
     }
     readable = {name for _, resource, _, name in placement.KFP_RUNTIME_RBAC if resource == "configmaps"}
     assert readable <= launcher_targets
+
+
+def test_kfp_default_object_store_is_reachable_with_the_one_secret_the_role_allows() -> None:
+    """A minio:// pipeline root (KFP's own in-cluster store) works with KFP in namespace asrflow.
+
+    With no provider configured, the KFP 2.17.0 launcher dials seaweedfs.kubeflow:9000
+    (backend/src/v2/objectstore/config.go:29 via config/env.go:177-193), which does not exist
+    here. The overlay names the store in our namespace in the kfp-launcher ConfigMap, in the
+    shape config/s3.go:25-70 reads (sigs.k8s.io/yaml: an unknown key is silently ignored, so
+    the keys are checked exactly), with the Secret the launcher then reads
+    (objectstore/object_store.go:377-394): exactly the one the runner Role may get.
+    """
+    kustomization = remote_kustomization("overlays/kfp")
+    (patch,) = [p for p in kustomization["patches"] if p["target"]["name"] == "kfp-launcher"]
+    configmap = yaml.safe_load(patch["patch"])
+    assert configmap["kind"] == "ConfigMap" and configmap["metadata"]["name"] == "kfp-launcher"
+    assert set(configmap["data"]) == {"providers"}, "defaultPipelineRoot comes from params.env"
+    providers = yaml.safe_load(configmap["data"]["providers"])
+    assert set(providers) == {"minio"}
+    assert set(providers["minio"]) == {"default"}
+    store = providers["minio"]["default"]
+    assert set(store) == {"endpoint", "region", "disableSSL", "credentials"}
+    assert store["endpoint"] == f"seaweedfs.{placement.NAMESPACE}:9000"
+    assert store["disableSSL"] is True
+    assert store["credentials"]["fromEnv"] is False
+    secret_ref = store["credentials"]["secretRef"]
+    assert set(secret_ref) == {"secretName", "accessKeyKey", "secretKeyKey"}
+    assert (secret_ref["accessKeyKey"], secret_ref["secretKeyKey"]) == ("accesskey", "secretkey")
+    readable = {name for _, resource, verb, name in placement.KFP_RUNTIME_RBAC if resource == "secrets"}
+    assert readable == {secret_ref["secretName"]}
     params = dict(
         line.split("=", 1)
         for line in (MANIFESTS / "overlays/kfp/params.env").read_text().splitlines()
         if line
     )
-    assert params["pipelineRoot"].startswith("gs://")
+    assert params["pipelineRoot"].split("://")[0] in ("gs", "minio")

@@ -122,6 +122,24 @@ def test_object_runs_asrflow_train_under_torchrun_on_the_gpu_pool() -> None:
     assert body["metadata"]["labels"][placement.DATASET_LABEL] == "peoples_speech"
 
 
+@pytest.mark.parametrize("gpu", sorted(placement.GPU_POOLS))
+def test_object_requests_the_pools_cpu_memory_and_shm(gpu: str) -> None:
+    """Trainer v2.3.0 merges resourcesPerNode into the `node` container
+    (pkg/runtime/core/trainingruntime.go:199-229); test_allocatable checks the sum fits."""
+    pool = placement.GPU_POOLS[gpu]
+    body = make_job(gpu=gpu).to_dict()
+    requests = body["spec"]["trainer"]["resourcesPerNode"]["requests"]
+    assert requests == {
+        "cpu": pool.cpu_request,
+        "memory": pool.memory_request,
+        placement.GPU_RESOURCE: str(pool.gpus_per_node),
+    }
+    (patch,) = body["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    (volume,) = replicated["template"]["spec"]["template"]["spec"]["volumes"]
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": placement.SHM_SIZE}
+
+
 def test_first_attempt_creates_and_a_retry_reattaches(api) -> None:
     job = make_job()
     body, attached = trainjob.create_or_attach(api, job)
