@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from pipelines.local_run import RUNNERS
+
 GPU_CHOICES = click.Choice(["v100", "a100"])
 
 
@@ -63,8 +65,21 @@ def compile_pipeline(out: str, gpu: str, gpus: int | None) -> None:
 @click.option("--source", default=None, help="Training data (default: the bundled corpus).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: the demo's).")
 @click.option("--param", "params", multiple=True, help="Any other pipeline argument, key=value.")
+@click.option(
+    "--runner",
+    type=click.Choice(RUNNERS),
+    default="subprocess",
+    show_default=True,
+    help="subprocess: every task in this environment; container: every task in its image, as uid "
+    "1000 with a read-only root (podman; build the images first with `make images-local`).",
+)
 def run(
-    local: bool, output_dir: str, source: str | None, max_steps: int | None, params: tuple[str, ...]
+    local: bool,
+    output_dir: str,
+    source: str | None,
+    max_steps: int | None,
+    params: tuple[str, ...],
+    runner: str,
 ) -> None:
     """Run the whole DAG on this machine with kfp.local (tiny model, CPU, bundled corpus).
 
@@ -72,6 +87,7 @@ def run(
     """
     if not local:
         raise click.UsageError("only --local runs here; use `asrflow submit` to run on a KFP cluster")
+    from pipelines.container_run import ContainerRunError
     from pipelines.local_run import print_summary, run_local
 
     overrides = parse_params(params)
@@ -79,7 +95,10 @@ def run(
         overrides["train_source"] = source
     if max_steps is not None:
         overrides["max_steps"] = max_steps
-    summary = run_local(Path(output_dir), overrides)
+    try:
+        summary = run_local(Path(output_dir), overrides, runner=runner)
+    except ContainerRunError as err:
+        raise click.ClickException(str(err)) from None
     print_summary(summary)
 
 

@@ -8,13 +8,17 @@ placement (node selectors, GPUs, tolerations) is cluster configuration and is ig
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_CORPUS = REPO / "tests" / "data" / "peoples_speech"
+RUNNERS = ("subprocess", "container")
+"""subprocess: every task in this environment (the default); container: every task in its image."""
 
 
 def bundled_set(name: str, config: str, split: str) -> dict[str, str]:
@@ -46,13 +50,15 @@ def local_arguments(output_dir: Path) -> dict[str, Any]:
 class StepTimer:
     """Adds up how long each task's own process ran, to set against the run's wall time."""
 
-    def __init__(self) -> None:
+    def __init__(self, runner: str = "subprocess") -> None:
         self.seconds: list[float] = []
+        self.runner = runner
 
     def __enter__(self) -> StepTimer:
-        from kfp.local import subprocess_task_handler
-
-        handler = subprocess_task_handler.SubprocessTaskHandler
+        if self.runner == "container":
+            from kfp.local.docker_task_handler import DockerTaskHandler as handler
+        else:
+            from kfp.local.subprocess_task_handler import SubprocessTaskHandler as handler
         self._handler, self._original = handler, handler.run
         timer = self
 
@@ -70,24 +76,59 @@ class StepTimer:
         self._handler.run = self._original
 
 
-def run_local(output_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the pipeline with kfp.local; returns a summary (paths, eval card, timings)."""
+def local_sources(arguments: dict[str, Any]) -> list[str]:
+    """The local directories or files the run reads its data from (train, validation, eval sets)."""
+    sources = [arguments["train_source"], arguments["validation_set"]["source"]]
+    sources += [spec["source"] for spec in arguments["eval_sets"]]
+    return sorted({source for source in sources if "://" not in source and Path(source).exists()})
+
+
+@contextlib.contextmanager
+def kfp_runner(runner: str, output_dir: Path, arguments: dict[str, Any]) -> Iterator[Any]:
+    """The kfp.local runner: this environment's processes, or each task in its image (podman)."""
+    from kfp import local
+
+    if runner == "subprocess":
+        yield local.SubprocessRunner(use_venv=False)
+        return
+    if runner != "container":
+        raise ValueError(f"unknown runner {runner!r}: choose one of {', '.join(RUNNERS)}")
+    from components import images
+    from pipelines import container_run
+
+    data_root = Path(arguments["data_root"])
+    container_run.writable_by_task_user(output_dir, data_root, output_dir / "kfp")
+    with container_run.container_runner(
+        str(data_root), local_sources(arguments), [images.DATA_IMAGE, images.TRAIN_IMAGE]
+    ) as docker_runner:
+        yield docker_runner
+
+
+def run_local(
+    output_dir: Path, overrides: dict[str, Any] | None = None, runner: str = "subprocess"
+) -> dict[str, Any]:
+    """Run the pipeline with kfp.local; returns a summary (paths, eval card, timings).
+
+    Args:
+        output_dir: where data_root and KFP's pipeline root go.
+        overrides: pipeline arguments that replace :func:`local_arguments`' ones.
+        runner: ``subprocess`` (each task in this environment) or ``container`` (each task
+            in its image, through podman: see :mod:`pipelines.container_run`).
+    """
     from kfp import local
 
     from pipelines.asr_training import build_pipeline
 
+    output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     arguments = {**local_arguments(output_dir), **(overrides or {})}
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(output_dir.resolve() / "kfp"),
-        raise_on_error=True,
-    )
     started = time.perf_counter()
     print_before = builtins.print
     try:
-        with StepTimer() as timer:
-            result = build_pipeline(local=True)(**arguments)
+        with kfp_runner(runner, output_dir, arguments) as kfp_local_runner:
+            local.init(runner=kfp_local_runner, pipeline_root=str(output_dir / "kfp"), raise_on_error=True)
+            with StepTimer(runner) as timer:
+                result = build_pipeline(local=True)(**arguments)
     finally:
         # kfp.local indents task output by swapping builtins.print; parallel tasks can leave
         # its indenting version in place, which would shift our table.
@@ -95,7 +136,8 @@ def run_local(output_dir: Path, overrides: dict[str, Any] | None = None) -> dict
     wall_s = time.perf_counter() - started
     eval_card = json.loads(Path(result.output.path).read_text())
     return {
-        "output_dir": str(output_dir.resolve()),
+        "output_dir": str(output_dir),
+        "runner": runner,
         "data_root": arguments["data_root"],
         "eval": eval_card,
         "wall_s": wall_s,
@@ -125,9 +167,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     if champion:
         verdict = "promoted to champion" if champion.get("promoted") else "not promoted"
         print(f"champion:  {verdict} ({champion.get('reason', '')})")
+    where = "containers" if summary.get("runner") == "container" else "processes"
     print(
         f"wall time: {summary['wall_s']:.0f} s for {summary['num_tasks']} tasks "
-        f"(their own processes: {summary['steps_s']:.0f} s)"
+        f"(their own {where}: {summary['steps_s']:.0f} s)"
     )
     print()
     print(wer_table(summary["eval"]))

@@ -1,6 +1,8 @@
-"""images/: the Dockerfiles lint clean, pin what they install, run as non-root, and get the
-image references from components/images.py (no Docker engine here: `make images` is run with
-a stand-in `docker` command that records what it was asked to do)."""
+"""images/: the Dockerfiles lint clean, pin what they install (bases by digest, packages by
+hash in requirements.lock), run as non-root, and get the image references from
+components/images.py (no Docker engine here: `make images` is run with a stand-in `docker`
+command that records what it was asked to do). The built images are tested in tests/images
+(make test-images)."""
 
 from __future__ import annotations
 
@@ -23,14 +25,37 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 DOCKERFILES = sorted((REPO / "images").glob("*/Dockerfile"))
 
 
-def pins() -> dict[str, str]:
-    """Package → version for every ``name==version`` in pyproject.toml (extras dropped)."""
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.sub(r"\[.*\]", "", name)).lower()
+
+
+def pins(*extras: str) -> dict[str, str]:
+    """Package → version for every ``name==version`` in pyproject.toml: the core dependencies
+    and the given extras (all extras when none is given)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+    specs = project["dependencies"] + sum((optional[e] for e in extras or optional), [])
     out = {}
-    for spec in project["dependencies"] + sum(project["optional-dependencies"].values(), []):
+    for spec in specs:
         name, sep, version = spec.partition("==")
         if sep:
-            out[re.sub(r"\[.*\]", "", name).lower()] = version
+            out[canonical(name)] = version
+    return out
+
+
+def lock() -> dict[str, tuple[str, list[str]]]:
+    """requirements.lock: package → (version, hashes)."""
+    text = re.sub(r"\\\n", " ", (REPO / "requirements.lock").read_text())
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            requirement, *options = line.split()
+            name, sep, version = requirement.partition("==")
+            assert sep, f"requirements.lock: {requirement} is not pinned with =="
+            out[canonical(name)] = (
+                version,
+                [o.removeprefix("--hash=") for o in options if o.startswith("--hash=")],
+            )
     return out
 
 
@@ -69,13 +94,24 @@ def test_hadolint_is_really_checking(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_bases_are_pinned_by_tag_and_the_user_is_numeric_non_root(dockerfile: Path) -> None:
+def test_bases_are_pinned_by_digest_and_the_user_is_numeric_non_root(dockerfile: Path) -> None:
     steps = instructions(dockerfile)
+    declared = args(dockerfile)
     for word, rest in steps:
         if word == "FROM":
             image = rest.split()[0]
-            assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), f"{image} is not pinned by a tag"
-            assert not image.endswith(":latest")
+            variable = re.fullmatch(r"\$\{(\w+)\}", image)
+            assert variable, (
+                f"FROM {image}: the base comes from a build argument (make images-local swaps it)"
+            )
+            image = declared[variable[1]]
+            assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), (
+                f"{image} is not pinned by digest"
+            )
+            name = image.split("@")[0].removeprefix("ghcr.io/")
+            assert re.search(rf"skopeo inspect .*docker://\S*{re.escape(name)}", dockerfile.read_text()), (
+                f"{dockerfile}: no command that refreshes the digest of {name}"
+            )
     users = [rest for word, rest in steps if word == "USER"]
     assert users, "the image must not run as root"
     uid = users[-1].split(":")[0]
@@ -88,14 +124,49 @@ def test_versions_agree_with_pyproject(dockerfile: Path) -> None:
     assert declared["TORCH_VERSION"] == pins()["torch"]
     text = dockerfile.read_text()
     assert '"torch==${TORCH_VERSION}"' in text
+    assert declared["VERSION"] == images.VERSION and declared["SOURCE"] == images.SOURCE
+    uv_tag = re.search(r"/uv:([\d.]+)@", declared["UV_IMAGE"])[1]
+    assert uv_tag == pins("dev")["uv"], "the images' uv and the one that makes requirements.lock differ"
     if dockerfile.parent.name == "data":
         assert declared["TORCH_INDEX"].endswith("/whl/cpu")
+        assert "--extra data\n" in text and "--extra train" not in text  # no NeMo in the data image
     else:
-        assert declared["NEMO_VERSION"] == pins()["nemo_toolkit"]
-        assert '"nemo_toolkit[asr]==${NEMO_VERSION}"' in text
+        assert "--extra data --extra train\n" in text
         # V100 (sm_70) left CUDA 13 builds: the torch build and the base stay on CUDA 12.
         assert re.search(r"/whl/cu12\d$", declared["TORCH_INDEX"])
-        assert re.search(r"^nvidia/cuda:12\.", [r for w, r in instructions(dockerfile) if w == "FROM"][-1])
+        assert re.search(r"^nvidia/cuda:12\.", declared["BASE_IMAGE"])
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_images_install_from_the_lock_and_the_labels_come_last(dockerfile: Path) -> None:
+    steps = instructions(dockerfile)
+    runs = [rest for word, rest in steps if word == "RUN" and "uv pip install" in rest]
+    assert runs and all("--constraint requirements.lock" in r or "--no-deps /src" in r for r in runs)
+    assert "requirements.lock" in next(rest for word, rest in steps if word == "COPY")
+    # a new revision must not invalidate the dependency layers: its ARG comes after every RUN
+    last_run = max(i for i, (word, _) in enumerate(steps) if word == "RUN")
+    revision = next(
+        i for i, (word, rest) in enumerate(steps) if word == "ARG" and rest.startswith("REVISION")
+    )
+    assert revision > last_run
+    labels = " ".join(rest for word, rest in steps if word == "LABEL")
+    for key in ("version", "revision", "source"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_the_lock_pins_every_package_with_hashes_and_agrees_with_pyproject() -> None:
+    locked = lock()
+    assert len(locked) > 100
+    unhashed = [name for name, (_, hashes) in locked.items() if not hashes]
+    assert not unhashed, f"requirements.lock: no hash for {unhashed}"
+    for name, version in pins("data", "train").items():
+        assert locked[name][0] == version, (
+            f"{name}: pyproject.toml says {version}, the lock {locked[name][0]}"
+        )
+    assert "+" not in locked["torch"][0]  # the CUDA build of the train image satisfies the pin too
+    cuda = [name for name in locked if name.startswith(("nvidia-", "triton", "cuda-toolkit"))]
+    assert not cuda, f"the lock holds PyPI's CUDA build of torch, not the CPU one (make lock): {cuda}"
+    assert "pytest" not in locked  # the images carry no test tools
 
 
 def dockerignored(path: str) -> bool:
@@ -175,9 +246,15 @@ def test_make_images_builds_and_pushes_the_configured_references(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     version = images.VERSION
     data, train = f"registry.example/asr/data:{version}", f"registry.example/asr/train:{version}"
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    labels = (
+        f"--build-arg VERSION={version} --build-arg REVISION={revision} --build-arg SOURCE={images.SOURCE}"
+    )
     assert (tmp_path / "docker.log").read_text().splitlines() == [
-        f"build -f images/data/Dockerfile -t {data} .",
-        f"build -f images/train/Dockerfile -t {train} .",
+        f"build -f images/data/Dockerfile {labels} -t {data} .",
+        f"build -f images/train/Dockerfile {labels} -t {train} .",
         f"push {data}",
         f"push {train}",
     ]
