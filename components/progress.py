@@ -63,10 +63,17 @@ class Progress:
         return " ".join(parts)
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Line-based logs with a timestamp, the same on a TTY and in a pod."""
+def setup_logging(level: int = logging.INFO, debug: bool = False) -> None:
+    """Line-based logs with a timestamp, the same on a TTY and in a pod.
+
+    Args:
+        level: the level of the root logger (libraries' logs).
+        debug: also asrflow's own debug lines (``asrflow --debug``).
+    """
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    if debug:
+        log.setLevel(logging.DEBUG)

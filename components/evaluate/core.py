@@ -369,16 +369,58 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(local_path: str, device: str) -> Any:
-    """Restore a .nemo ASR model (any NeMo ASR class) onto ``device``, in eval mode."""
+NEMO_CONFIG_NAME = "model_config.yaml"  # what every .nemo archive holds, beside its weights
+WHAT_A_NEMO_IS = (
+    "a NeMo model is a tar archive holding model_config.yaml and the weights, "
+    "like the RUN_DIR/model.nemo that `asrflow train` writes"
+)
+
+
+def check_nemo_archive(local_path: str, shown_as: str | None = None) -> None:
+    """Raise :class:`EvaluateError` unless ``local_path`` is a .nemo archive.
+
+    Reads only the tar headers, so a wrong file is named at once, before any audio is
+    transcribed, rather than deep inside NeMo's restore.
+
+    Args:
+        local_path: the file on this machine.
+        shown_as: the name the user gave (a gs:// URI for a local copy).
+    """
+    import tarfile
+
+    name = shown_as or local_path
+    try:
+        with tarfile.open(local_path, "r:*") as tar:
+            if any(Path(member.name).name == NEMO_CONFIG_NAME for member in tar):
+                return
+    except (tarfile.TarError, EOFError) as err:
+        raise EvaluateError(f"{name} is not a .nemo archive (not a tar file); {WHAT_A_NEMO_IS}") from err
+    except OSError as err:
+        raise EvaluateError(f"{name}: cannot read the model: {err}") from err
+    raise EvaluateError(f"{name} is not a .nemo archive (no {NEMO_CONFIG_NAME} in it); {WHAT_A_NEMO_IS}")
+
+
+def load_model(local_path: str, device: str, shown_as: str | None = None) -> Any:
+    """Restore a .nemo ASR model (any NeMo ASR class) onto ``device``, in eval mode.
+
+    Raises:
+        EvaluateError: the file is not a .nemo archive, or NeMo cannot restore it (the
+            message names the file; the cause keeps NeMo's traceback).
+    """
     import torch
     from nemo.collections.asr.models import ASRModel
     from nemo.utils import logging as nemo_logging
 
+    check_nemo_archive(local_path, shown_as)
     verbosity = nemo_logging.get_verbosity()
     nemo_logging.set_verbosity(nemo_logging.WARNING)  # NeMo prints the whole config at INFO
     try:
         model = ASRModel.restore_from(local_path, map_location=torch.device(device))
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise EvaluateError(
+            f"{shown_as or local_path}: NeMo cannot restore this model ({type(err).__name__}: {reason})"
+        ) from err
     finally:
         nemo_logging.set_verbosity(verbosity)
     model.eval()
@@ -492,11 +534,12 @@ class ModelRunner:
                     raise EvaluateError(f"no such model: {self.model_uri}")
                 log.info("evaluate: copying %s to %s", self.model_uri, local)
                 storage.download_file(self.model_uri, local)
-                self._local = local
             else:
                 if not Path(self.model_uri).is_file():
                     raise EvaluateError(f"no such model: {self.model_uri}")
-                self._local = self.model_uri
+                local = self.model_uri
+            check_nemo_archive(local, self.model_uri)
+            self._local = local
         return self._local
 
     @property
@@ -513,7 +556,7 @@ class ModelRunner:
     def model(self) -> Any:
         if self._model is None:
             log.info("evaluate: loading %s on %s", self.model_uri, self.device)
-            self._model = load_model(self.local_path, self.device)
+            self._model = load_model(self.local_path, self.device, shown_as=self.model_uri)
         return self._model
 
     def close(self) -> None:
@@ -902,6 +945,10 @@ def evaluate(
     if num_workers is None:
         num_workers = 0 if device == "cpu" else 4
     started = time.monotonic()
+    if not storage.is_gcs(model_uri):  # a wrong file is named before any audio is read
+        if not Path(model_uri).is_file():
+            raise EvaluateError(f"no such model: {model_uri}")
+        check_nemo_archive(model_uri)
     with tempfile.TemporaryDirectory(prefix="asrflow-evaluate-") as staging:
         specs = resolve_eval_sets(eval_sets, out_dir)
         sets = [(eval_set, load_utterances(eval_set, staging)) for eval_set in specs]
