@@ -6,12 +6,25 @@ take a preempted step for a finished one. :class:`TrainingMonitor` replaces the 
 handler once training starts: the signal sets a flag, all ranks agree on it at the end of
 the step (one all-reduce that also carries the step's loss and audio seconds), save a
 checkpoint together and raise :class:`Preempted`, which the CLI turns into exit code 143.
+
+A flag read at the end of a step is not enough when no step ends: data loading that hangs
+(a shard on storage that stopped answering) or a long validation. A watchdog thread acts
+for the flag then: when SIGTERM has waited ``sigterm_grace`` seconds while the process is
+neither in a step nor saving a checkpoint, it interrupts the main thread (a signal sent to
+it, whose handler raises :class:`Abort`: a ``BaseException``, which no ``except Exception``
+in the data-loading code swallows) and the process exits 143 with the checkpoint it has;
+should even that not end it within seconds, it exits with ``os._exit``. The same thread
+turns a run with no progress (no training or validation batch, no checkpoint) for
+``stall_timeout`` seconds into an error (:class:`Stalled`, exit 1) instead of a spin.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,11 +33,21 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from components.progress import format_seconds
-from components.train.checkpoints import CheckpointStore
+from components.train.checkpoints import CheckpointStore, plain_hyperparameters
 
 log = logging.getLogger("asrflow.train")
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a process killed by SIGTERM
+EXIT_STALLED = 1
+SIGTERM_GRACE_S = 3.0
+"""After SIGTERM, how long a process outside a step waits for one (a batch that is about to
+arrive: its step then ends with a checkpoint) before it stops where it is."""
+STEP_GRACE_S = 30.0
+"""After SIGTERM, how long a step may take to end before it is taken for hung (a collective
+waiting for a rank that is gone)."""
+HARD_EXIT_S = 5.0
+"""After the main thread was interrupted, how long it has to unwind before ``os._exit``."""
+WAKE_SIGNAL = signal.SIGUSR2  # sent by the watchdog to the main thread only
 
 
 class Preempted(Exception):
@@ -32,10 +55,30 @@ class Preempted(Exception):
 
     exit_code = EXIT_PREEMPTED
 
-    def __init__(self, step: int, max_steps: int, checkpoint: str | None) -> None:
+    def __init__(self, step: int, max_steps: int, checkpoint: str | None, detail: str = "") -> None:
+        """``step`` -1: stopped before training started."""
         saved = f"checkpoint {checkpoint}" if checkpoint else "no new checkpoint"
-        super().__init__(f"stopped by SIGTERM at step {step} of {max_steps} ({saved}); rerun to resume")
+        where = f"at step {step} of {max_steps}" if step >= 0 else "before training started"
+        super().__init__(f"stopped by SIGTERM {where}{detail} ({saved}); rerun to resume")
         self.step = step
+
+
+class Stalled(RuntimeError):
+    """No training progress for longer than the stall timeout."""
+
+    exit_code = EXIT_STALLED
+
+
+class Abort(BaseException):
+    """Raised into the main thread to stop it wherever it is; carries the error to report.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that the ``except Exception`` blocks
+    of data-loading code do not swallow it; :func:`components.train.core.train` unwraps it.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class TrainingMonitor(Callback):
@@ -54,6 +97,10 @@ class TrainingMonitor(Callback):
         sample_rate: to turn audio lengths in samples into seconds.
         keep_checkpoints: complete checkpoints kept; older ones are deleted.
         after_checkpoint: called on rank 0 after each checkpoint (e.g. copy TensorBoard files).
+        stall_timeout: seconds without progress before the run fails (None: never).
+        sigterm_grace: seconds a SIGTERM waits for a step to end it before stopping the run
+            where it is.
+        health: the damaged-shard accounting, carried in checkpoints.
     """
 
     def __init__(
@@ -65,9 +112,15 @@ class TrainingMonitor(Callback):
         sample_rate: int,
         keep_checkpoints: int = 3,
         after_checkpoint: Callable[[], None] | None = None,
+        stall_timeout: float | None = None,
+        sigterm_grace: float = SIGTERM_GRACE_S,
+        health: Any = None,
     ) -> None:
         if checkpoint_every < 1 or log_every < 1:
             raise ValueError("checkpoint_every and log_every must be at least 1")
+        self.stall_timeout = stall_timeout or None
+        self.sigterm_grace = sigterm_grace
+        self.health = health
         self.store = store
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
@@ -93,14 +146,34 @@ class TrainingMonitor(Callback):
         self._paused_at: float | None = None
         self._saving = False
         self._val_sums: list[float] = [0.0, 0.0, 0.0, 0.0]
+        # what the main thread is doing, for the watchdog: setup, data (waiting for a batch),
+        # step, validation, saving, stopping (unwinding after an error or Preempted), done
+        self._phase = "setup"
+        self._phase_since = time.monotonic()
+        self._progress_at = time.monotonic()
+        self._sigterm_at: float | None = None
+        self._escalated_at: float | None = None
+        self._pending: Abort | None = None
+        self._exit_code = EXIT_PREEMPTED
+        self._main_thread = threading.main_thread().ident
+        self._watch_stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._step = 0
+        self._trainer: Trainer | None = None
+        self._wake_handler: Any = None
 
     # --- state carried in checkpoints ------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"audio_seconds_total": self.audio_seconds_total}
+        state: dict[str, Any] = {"audio_seconds_total": self.audio_seconds_total}
+        if self.health is not None:
+            state["bad_shards"] = [b.as_dict() for b in self.health.found_during().values()]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.audio_seconds_total = float(state_dict.get("audio_seconds_total", 0.0))
+        if self.health is not None:
+            self.health.restore(state_dict.get("bad_shards", []))
 
     @property
     def hours_seen(self) -> float:
@@ -110,17 +183,35 @@ class TrainingMonitor(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.start_step = trainer.global_step
+        self._step = trainer.global_step
         self.last_saved_step = trainer.global_step
-        if trainer.received_sigterm:
-            self.stop_requested = True
+        self._trainer = trainer
         launcher = trainer.strategy.launcher
 
         def on_sigterm(signum: int, frame: Any) -> None:
             if not self.stop_requested and launcher is not None and trainer.is_global_zero:
                 launcher.kill(signum)  # DDP children started by Lightning get it from rank 0
             self.stop_requested = True
+            if self._sigterm_at is None:
+                self._sigterm_at = time.monotonic()
+
+        def on_wake(signum: int, frame: Any) -> None:
+            pending, self._pending = self._pending, None
+            if pending is not None and self._phase not in ("stopping", "done"):
+                self._set_phase("stopping")
+                raise pending
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        signal.signal(WAKE_SIGNAL, on_wake)
+        self._wake_handler = on_wake
+        if trainer.received_sigterm:
+            self.stop_requested = True
+            self._sigterm_at = time.monotonic()
+        self._touch()
+        self._set_phase("data")
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="asrflow-watchdog", daemon=True)
+            self._watchdog.start()
         self._window.restart()
         if trainer.is_global_zero:
             log.info(
@@ -130,11 +221,123 @@ class TrainingMonitor(Callback):
                 trainer.world_size,
             )
 
+    # --- the watchdog ------------------------------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
+        self._phase_since = time.monotonic()
+
+    def _touch(self) -> None:
+        self._progress_at = time.monotonic()
+
+    def _watch(self) -> None:
+        """The watchdog thread: SIGTERM outside a step, no progress, an interrupt that did not end it."""
+        while not self._watch_stop.wait(0.2):
+            now = time.monotonic()
+            phase = self._phase
+            if phase == "done":
+                continue
+            if self._escalated_at is not None:
+                if now - self._escalated_at > HARD_EXIT_S:
+                    self._hard_exit(
+                        f"the main thread did not stop within {HARD_EXIT_S:.0f}s of being interrupted"
+                    )
+                continue
+            if phase == "stopping":
+                if now - self._phase_since > 2 * HARD_EXIT_S + self.sigterm_grace and self._sigterm_at:
+                    self._hard_exit(f"still stopping {now - self._phase_since:.0f}s after SIGTERM")
+                continue
+            if self._sigterm_at is not None:
+                waited = now - self._sigterm_at
+                if phase in ("data", "validation", "setup") and waited > self.sigterm_grace:
+                    where = "waiting for data" if phase == "data" else f"in {phase}"
+                    self._escalate(
+                        Preempted(
+                            self._step,
+                            self.max_steps,
+                            self.last_checkpoint,
+                            f" (no step ended within {self.sigterm_grace:.0f}s: {where})",
+                        ),
+                        EXIT_PREEMPTED,
+                    )
+                elif phase == "step" and waited > STEP_GRACE_S:
+                    self._escalate(
+                        Preempted(
+                            self._step,
+                            self.max_steps,
+                            self.last_checkpoint,
+                            f" (a step did not end within {STEP_GRACE_S:.0f}s)",
+                        ),
+                        EXIT_PREEMPTED,
+                    )
+                continue
+            if self.stall_timeout and phase != "saving" and now - self._progress_at > self.stall_timeout:
+                where = {"data": "waiting for training data", "step": "in a training step"}.get(phase, phase)
+                self._escalate(
+                    Stalled(
+                        f"no training progress for {format_seconds(now - self._progress_at)} "
+                        f"(--stall-timeout {format_seconds(self.stall_timeout)}) after step {self._step}, "
+                        f"{where}: is the data storage answering? (no batch in that time; a damaged "
+                        "shard is reported on its own)"
+                    ),
+                    EXIT_STALLED,
+                )
+
+    def _escalate(self, error: Exception, exit_code: int) -> None:
+        """Interrupt the main thread with ``Abort(error)`` (run from the watchdog thread)."""
+        self._escalated_at = time.monotonic()
+        self._exit_code = exit_code
+        self._pending = Abort(error)
+        _stderr_line(f"asrflow train: {error}: stopping")
+        if signal.getsignal(WAKE_SIGNAL) is self._wake_handler:  # not after Lightning's teardown
+            signal.pthread_kill(self._main_thread, WAKE_SIGNAL)
+
+    def _hard_exit(self, why: str) -> None:
+        _stderr_line(f"asrflow train: {why}; exiting with status {self._exit_code}")
+        trainer = self._trainer
+        launcher = trainer.strategy.launcher if trainer is not None else None
+        if launcher is not None and trainer is not None and trainer.is_global_zero:
+            launcher.kill(signal.SIGKILL)
+        os._exit(self._exit_code)
+
+    def _stop_watching(self) -> None:
+        self._set_phase("done")
+        self._watch_stop.set()
+
+    def close(self) -> None:
+        """Stop the watchdog (training is over, whatever the outcome)."""
+        self._stop_watching()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self._phase != "done":
+            self._set_phase("stopping")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stop_watching()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self._phase != "stopping":
+            self._stop_watching()
+
     # --- steps -----------------------------------------------------------------------------
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._set_phase("step")
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._touch()
+        self._step = trainer.global_step
+        try:
+            self._train_batch_end(trainer, outputs, batch)
+        finally:
+            if self._phase == "step":
+                self._set_phase("data")
+
+    def _train_batch_end(self, trainer: Trainer, outputs: Any, batch: Any) -> None:
         audio_seconds = float(batch[1].sum().item()) / self.sample_rate
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss_value = float(loss.detach().float().item()) if loss is not None else float("nan")
@@ -153,6 +356,7 @@ class TrainingMonitor(Callback):
             checkpoint = (
                 self._checkpoint(trainer, step) if step > self.last_saved_step else self.last_checkpoint
             )
+            self._set_phase("stopping")
             raise Preempted(step, self.max_steps, checkpoint)
         if step % self.checkpoint_every == 0 and step > self.last_saved_step and step < self.max_steps:
             self._checkpoint(trainer, step)
@@ -198,6 +402,7 @@ class TrainingMonitor(Callback):
         there would make a resumed run count that batch again, shifting every later
         validation and pseudo-epoch boundary by one step.
         """
+        plain_hyperparameters(checkpoint)  # loadable with weights_only=True
         if not self._saving:
             return
         progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
@@ -207,6 +412,8 @@ class TrainingMonitor(Callback):
     def _checkpoint(self, trainer: Trainer, step: int) -> str:
         self._pause()
         self._saving = True
+        before = self._phase
+        self._set_phase("saving")
         try:
             uri = self.store.save(trainer, step)
             self.last_saved_step = step
@@ -217,6 +424,8 @@ class TrainingMonitor(Callback):
                     self.after_checkpoint()
         finally:
             self._saving = False
+            self._set_phase(before)
+            self._touch()
             self._resume()
         return uri
 
@@ -224,9 +433,15 @@ class TrainingMonitor(Callback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._pause()
+        if self._phase not in ("done", "stopping"):
+            self._set_phase("validation")
+        self._touch()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._resume()
+        if self._phase == "validation":
+            self._set_phase("data")
+        self._touch()
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._val_sums = [0.0, 0.0, 0.0, 0.0]
@@ -240,6 +455,7 @@ class TrainingMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        self._touch()
         if not isinstance(outputs, dict) or "val_wer_num" not in outputs:
             return
         self._val_sums[0] += float(outputs["val_wer_num"])
@@ -281,6 +497,14 @@ class TrainingMonitor(Callback):
     def attempt_throughput(self) -> float:
         """Audio-seconds per second over this attempt's training time (all ranks)."""
         return self.attempt_audio_seconds / self.attempt_train_seconds if self.attempt_train_seconds else 0.0
+
+
+def _stderr_line(text: str) -> None:
+    """One line on stderr without the logging module (whose locks another thread may hold)."""
+    try:
+        os.write(sys.stderr.fileno(), (text.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+    except (OSError, ValueError):
+        pass
 
 
 class _Window:

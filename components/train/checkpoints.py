@@ -5,11 +5,21 @@ optimizer, scheduler, loop and callback state) and ``_SUCCESS`` written after it
 directory without ``_SUCCESS`` is a write that did not finish and is never resumed from.
 Locally the checkpoint is written under a temporary name and renamed; on gs:// it is
 written to local scratch and uploaded (checksummed) before the marker.
+
+Trust. A checkpoint is a pickle, and whoever can write the run directory could put one there
+that runs code when unpickled. So checkpoints hold plain data only (the model's OmegaConf
+hyper-parameters are stored as plain dicts, see :func:`plain_hyperparameters`) and are only
+ever loaded with ``torch.load(weights_only=True)``: here, and in Lightning's resume through
+:class:`SafeCheckpointIO` (Lightning 2.4's own ``TorchCheckpointIO`` loads with
+``weights_only=False``, lightning/fabric/utilities/cloud_io.py ``_load``). The marker records
+the file's SHA-256, checked before a resume: a checkpoint changed after it was written is
+refused with a message saying so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
@@ -29,6 +39,10 @@ class CheckpointError(RuntimeError):
     """Checkpoints exist but none can be resumed from."""
 
 
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint changed after it was written, or one that a safe load refuses to unpickle."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Resume:
     """The checkpoint a run resumes from: its global step and a local path to it."""
@@ -36,6 +50,7 @@ class Resume:
     step: int
     local_path: str
     uri: str
+    sha256: str | None = None
 
 
 class CheckpointStore:
@@ -99,8 +114,13 @@ class CheckpointStore:
         for step in reversed(steps):
             uri = storage.join(self.step_dir(step), CKPT_NAME)
             try:
+                recorded = self.recorded_sha256(step)
                 local = self._local_copy(step)
+                digest = verify_sha256(local, recorded, uri)
                 check_checkpoint(local, step)
+            except UntrustedCheckpoint as err:
+                log.warning("checkpoint %s is refused: %s; trying the previous one", uri, err)
+                continue
             except Exception as err:  # noqa: BLE001 - any failure to read means: try the previous one
                 log.warning(
                     "checkpoint %s is unreadable (%s: %s); trying the previous one",
@@ -109,12 +129,21 @@ class CheckpointStore:
                     str(err)[:200],
                 )
                 continue
-            return Resume(step, local, uri)
+            return Resume(step, local, uri, digest)
         if steps:
             raise CheckpointError(
                 f"{self.root} holds {len(steps)} checkpoint(s) but none can be read; refusing to start "
                 f"from step 0. Delete {self.root} to start the run over."
             )
+        return None
+
+    def recorded_sha256(self, step: int) -> str | None:
+        """The SHA-256 the marker of ``step`` records (None for a marker without one)."""
+        text = storage.read_text(storage.join(self.step_dir(step), storage.SUCCESS_MARKER))
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "sha256" and re.fullmatch(r"[0-9a-f]{64}", value.strip()):
+                return value.strip()
         return None
 
     def save(self, trainer: Any, step: int) -> str:
@@ -141,6 +170,7 @@ class CheckpointStore:
         if not trainer.is_global_zero:
             return target
         size = local.stat().st_size
+        digest = sha256_file(local)
         if storage.is_gcs(target):
             storage.upload_file(local, target)  # create-only, checksummed
             local.unlink()
@@ -148,7 +178,7 @@ class CheckpointStore:
             with open(local, "rb") as stream:
                 os.fsync(stream.fileno())
             os.replace(local, target)
-        storage.mark_complete(directory, f"step {step}\n")
+        storage.mark_complete(directory, f"step {step}\nsha256 {digest}\n")
         log.info(
             "checkpoint step %d saved: %s (%.1f MB in %.1fs)",
             step,
@@ -179,16 +209,87 @@ class CheckpointStore:
                     pass
 
 
-def check_checkpoint(path: str, step: int) -> None:
-    """Load a Lightning checkpoint and check that it holds what resuming needs.
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def verify_sha256(path: str, recorded: str | None, uri: str) -> str:
+    """The file's SHA-256, checked against the one its marker recorded.
 
     Raises:
+        UntrustedCheckpoint: the bytes changed after the checkpoint was written.
+    """
+    digest = sha256_file(path)
+    if recorded is None:
+        log.info("checkpoint %s: its marker records no sha256 (written by an older asrflow)", uri)
+    elif digest != recorded:
+        raise UntrustedCheckpoint(
+            f"its bytes changed after it was written (sha256 {digest[:16]}…, the marker records "
+            f"{recorded[:16]}…)"
+        )
+    return digest
+
+
+def load_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never code.
+
+    Raises:
+        UntrustedCheckpoint: the pickle refers to anything else (a class or function that a
+            full unpickler would import and may call); nothing of it is run.
+        Exception: whatever torch raises for a truncated or corrupt file.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported global|unsupported operand)[^\n]*", str(err), re.IGNORECASE)
+        detail = found.group(0).strip().rstrip(".") if found else str(err).splitlines()[0][:200]
+        raise UntrustedCheckpoint(
+            f"{path}: not loaded: it holds more than tensors and plain data ({detail}), which a safe "
+            "load (weights_only) refuses; a checkpoint asrflow writes never does"
+        ) from None
+
+
+def plain_hyperparameters(checkpoint: dict[str, Any]) -> None:
+    """Store the model's (OmegaConf) hyper-parameters as plain containers, in place.
+
+    Resuming never reads them (the model is built from the config first), and plain data is
+    what a ``weights_only`` load accepts without allow-listing OmegaConf and NeMo classes.
+    """
+    from omegaconf import Container, OmegaConf
+
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, Container):
+        checkpoint["hyper_parameters"] = OmegaConf.to_container(hparams, resolve=False, enum_to_str=True)
+    checkpoint.pop("hparams_type", None)
+
+
+def safe_checkpoint_io() -> Any:
+    """A Lightning CheckpointIO that saves as Lightning does and loads with weights_only=True."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class SafeCheckpointIO(TorchCheckpointIO):
+        def load_checkpoint(self, path: Any, map_location: Any = None, **kwargs: Any) -> dict[str, Any]:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"checkpoint not found: {path}")
+            return load_checkpoint_file(path, map_location=map_location or "cpu")
+
+    return SafeCheckpointIO()
+
+
+def check_checkpoint(path: str, step: int) -> None:
+    """Load a Lightning checkpoint safely and check that it holds what resuming needs.
+
+    Raises:
+        UntrustedCheckpoint: a pickle that is not plain data (never run).
         ValueError: a missing part or a global step that is not ``step``.
         Exception: whatever torch raises for a truncated or corrupt file.
     """
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = load_checkpoint_file(path, mmap=True)
     missing = [k for k in ("state_dict", "optimizer_states", "lr_schedulers", "loops") if k not in state]
     if missing:
         raise ValueError(f"no {', '.join(missing)} in the checkpoint")

@@ -68,6 +68,23 @@ PRECISIONS = ["32", "16-mixed", "bf16-mixed", "32-true", "bf16-true", "16-true"]
     type=click.Choice(PRECISIONS),
     help="Default by hardware: bf16-mixed on A100 and newer, 16-mixed on V100, 32 on CPU.",
 )
+@click.option(
+    "--max-bad-shards",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Damaged shards (found before training, or unreadable during it) that training may do "
+    "without; they are listed in the card. One more fails the run, naming the shard.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="MINUTES",
+    help="Fail the run when no training or validation batch arrives for this long (0: never).",
+)
 def train(
     tarred_dir: str,
     overrides: tuple[str, ...],
@@ -81,6 +98,8 @@ def train(
     devices: int | None,
     num_nodes: int | None,
     precision: str | None,
+    max_bad_shards: int,
+    stall_timeout: float,
 ) -> None:
     """Train a NeMo Conformer-CTC model on TARRED_DIR (from write-shards) to trainer.max_steps.
 
@@ -91,9 +110,13 @@ def train(
     model.optim.lr=1.5 model.train_ds.batch_duration=900. Multi-node: run under torchrun
     (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, NODE_RANK come from it).
 
+    Every shard is checked before training (sizes, tar headers); a damaged one fails the run
+    with its name unless --max-bad-shards allows it.
+
     Exit status: 0 with model.nemo, card.json and _SUCCESS in RUN_DIR once max_steps is
-    reached; 143 when stopped by SIGTERM before (after a checkpoint, best effort), so a
-    retry resumes; 1 on errors. The card is printed as the last line of stdout.
+    reached; 143 when stopped by SIGTERM before (after a checkpoint when a step can end
+    within seconds), so a retry resumes; 1 on errors (damaged shards, no progress for
+    --stall-timeout). The card is printed as the last line of stdout.
     """
     from components.train.callbacks import Preempted
     from components.train.core import TrainError
@@ -113,6 +136,8 @@ def train(
             devices=devices,
             num_nodes=num_nodes,
             precision=precision,
+            max_bad_shards=max_bad_shards,
+            stall_timeout=stall_timeout * 60,
         )
     except Preempted as err:
         click.echo(f"asrflow train: {err}", err=True)

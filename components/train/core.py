@@ -3,7 +3,10 @@
 ``train`` is the one entry point the CLI and the KFP component call. It resumes from the
 newest complete checkpoint in ``RUN_DIR/checkpoints``, trains to ``trainer.max_steps`` with
 NeMo's Lhotse dataloading, and writes ``model.nemo``, ``card.json`` and ``_SUCCESS``; a
-SIGTERM before then raises :class:`~components.train.callbacks.Preempted` (exit 143).
+SIGTERM before then raises :class:`~components.train.callbacks.Preempted` (exit 143), within
+seconds whatever the data loader is doing. Every shard is checked before training; a shard
+that cannot be read fails the run unless ``max_bad_shards`` allows it (the card then lists
+it); no progress for ``stall_timeout`` seconds fails it too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("asrflow.train")
 
 CONF_DIR = Path(__file__).parent / "conf"
+DEFAULT_STALL_TIMEOUT_S = 30 * 60.0
 
 
 class TrainError(RuntimeError):
@@ -48,8 +52,12 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
     Raises:
         TrainError: unknown name, unreadable file, or a malformed override.
+        ConfigError: (a TrainError) an override of a key the config lacks (``+KEY=VALUE``
+            adds one), or with a value of the wrong type; see :mod:`components.train.overrides`.
     """
     from omegaconf import OmegaConf
+
+    from components.train.overrides import checked_override
 
     if (CONF_DIR / f"{name_or_path}.yaml").is_file():
         text = (CONF_DIR / f"{name_or_path}.yaml").read_text()
@@ -63,8 +71,9 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for item in overrides:
+        key, value = checked_override(cfg, item, name_or_path)
+        OmegaConf.update(cfg, key, value, merge=True)
     return cfg
 
 
@@ -254,20 +263,10 @@ def _make_trainer(cfg: DictConfig, hardware: Hardware, callbacks: list[Any], log
     from lightning.pytorch.strategies import DDPStrategy
     from omegaconf import OmegaConf
 
+    from components.train.overrides import TRAINER_SET_BY_ASRFLOW
+
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for key in (
-        "devices",
-        "num_nodes",
-        "precision",
-        "accelerator",
-        "strategy",
-        "logger",
-        "callbacks",
-        "enable_checkpointing",
-        "max_epochs",
-        "resume_from_checkpoint",
-        "default_root_dir",
-    ):
+    for key in TRAINER_SET_BY_ASRFLOW:
         kwargs.pop(key, None)
     if hardware.world_size > 1:
         backend = "nccl" if hardware.accelerator == "gpu" else "gloo"
@@ -276,6 +275,8 @@ def _make_trainer(cfg: DictConfig, hardware: Hardware, callbacks: list[Any], log
         strategy = "auto"
     if hardware.world_size == 1 or hardware.accelerator != "gpu":
         kwargs["sync_batchnorm"] = False  # SyncBatchNorm needs CUDA
+    from components.train.checkpoints import safe_checkpoint_io
+
     return pl.Trainer(
         accelerator=hardware.accelerator,
         devices=hardware.devices,
@@ -288,6 +289,7 @@ def _make_trainer(cfg: DictConfig, hardware: Hardware, callbacks: list[Any], log
         enable_progress_bar=False,
         max_epochs=-1,
         default_root_dir=str(root),
+        plugins=[safe_checkpoint_io()],  # resume loads with weights_only=True
         **kwargs,
     )
 
@@ -305,6 +307,8 @@ def train(
     devices: int | None = None,
     num_nodes: int | None = None,
     precision: str | None = None,
+    max_bad_shards: int = 0,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Train (or resume training) a Conformer-CTC model to ``trainer.max_steps``.
 
@@ -321,17 +325,79 @@ def train(
         devices: processes per node (GPUs, or CPU processes); default from torchrun or hardware.
         num_nodes: nodes; default from torchrun or 1.
         precision: Lightning precision; default by hardware (bf16-mixed, 16-mixed or 32).
+        max_bad_shards: damaged shards training may leave out or skip (listed in the card);
+            one more fails the run, naming the shard.
+        stall_timeout: seconds without a training or validation batch before the run fails
+            (None or 0: never).
 
     Returns:
         The run's card (on global rank 0; other ranks get a card with ``rank`` only).
 
     Raises:
         Preempted: SIGTERM before max_steps (after a best-effort checkpoint).
-        TrainError: bad config, data or checkpoints.
+        TrainError: bad config, data or checkpoints; damaged shards; no progress.
     """
+    import signal
+    import threading
+
+    from components.train.callbacks import Abort, Preempted
+
+    def stop_now(signum: int, frame: Any) -> None:  # until training starts: nothing to save yet
+        raise Abort(Preempted(-1, 0, None))
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, stop_now) if in_main else None
+    try:
+        return _train(
+            tarred_dir,
+            val_manifest,
+            run_dir,
+            config,
+            overrides,
+            checkpoint_every,
+            init_from,
+            freeze_encoder,
+            tokenizer_dir,
+            devices,
+            num_nodes,
+            precision,
+            max_bad_shards,
+            stall_timeout,
+        )
+    except Abort as abort:
+        if isinstance(abort.error, Preempted):
+            raise abort.error from None
+        raise TrainError(str(abort.error)) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _train(
+    tarred_dir: str,
+    val_manifest: str,
+    run_dir: str,
+    config: str,
+    overrides: list[str] | tuple[str, ...],
+    checkpoint_every: int | None,
+    init_from: str | None,
+    freeze_encoder: bool,
+    tokenizer_dir: str | None,
+    devices: int | None,
+    num_nodes: int | None,
+    precision: str | None,
+    max_bad_shards: int,
+    stall_timeout: float | None,
+) -> dict[str, Any]:
     from components.train.callbacks import DataSeed, FreezeEncoder, TrainingMonitor
     from components.train.checkpoints import CheckpointError, CheckpointStore
-    from components.train.data import DataError, data_seed, open_tarred_dataset, prepare_validation_manifest
+    from components.train.data import (
+        DataError,
+        ShardHealth,
+        data_seed,
+        open_tarred_dataset,
+        prepare_validation_manifest,
+    )
 
     if storage.is_complete(run_dir):
         log.info("%s is complete (%s exists): nothing to do", run_dir, storage.SUCCESS_MARKER)
@@ -370,8 +436,10 @@ def train(
     start_step = resume.step if resume else 0
     base_seed = int(settings.get("seed", 1234))
     seed = data_seed(base_seed, start_step)
+    if max_bad_shards < 0:
+        raise TrainError(f"--max-bad-shards must be 0 or more, got {max_bad_shards}")
     try:
-        dataset = open_tarred_dataset(tarred_dir, str(work / "data"))
+        dataset = open_tarred_dataset(tarred_dir, str(work / "data"), max_bad_shards=max_bad_shards)
         val_local, val_utterances, val_hours = prepare_validation_manifest(
             val_manifest, str(work / "validation")
         )
@@ -379,9 +447,10 @@ def train(
         raise TrainError(str(err)) from None
     _configure_data(cfg, dataset, val_local, seed)
     log.info(
-        "data: %d shards in %s%s; validation: %d utterances (%.2f h) from %s; data-order seed %d",
+        "data: %d shards in %s%s%s; validation: %d utterances (%.2f h) from %s; data-order seed %d",
         dataset.num_shards,
         tarred_dir,
+        f" ({len(dataset.bad_shards)} damaged, left out)" if dataset.bad_shards else "",
         f" ({dataset.hours():.2f} h)" if dataset.hours() is not None else "",
         val_utterances,
         val_hours,
@@ -398,6 +467,7 @@ def train(
     pl.seed_everything(base_seed, workers=True, verbose=False)
     tb_dir = Path(run_dir) if not storage.is_gcs(run_dir) else work
     logger = TensorBoardLogger(save_dir=str(tb_dir), name="tensorboard", version="", default_hp_metric=False)
+    health = ShardHealth(dataset, max_bad_shards, work / "data" / f"skips-{os.getpid()}.jsonl")
     monitor = TrainingMonitor(
         store,
         checkpoint_every=checkpoint_every,
@@ -408,6 +478,8 @@ def train(
         after_checkpoint=(lambda: _upload_tree(work / "tensorboard", storage.join(run_dir, "tensorboard")))
         if storage.is_gcs(run_dir)
         else None,
+        stall_timeout=stall_timeout,
+        health=health,
     )
     callbacks: list[Any] = [DataSeed(seed), monitor]
     if freeze_encoder:
@@ -437,7 +509,19 @@ def train(
         )
 
     started = time.monotonic()
-    trainer.fit(model, ckpt_path=resume.local_path if resume else None)
+    health.install()
+    try:
+        trainer.fit(model, ckpt_path=resume.local_path if resume else None)
+        data_health = health.summary()
+    except Exception as err:
+        fatal = health.fatal()  # from a dataloader worker it arrives wrapped in a traceback
+        if fatal or isinstance(err, DataError):
+            raise TrainError(fatal or str(err)) from None
+        raise
+    finally:
+        monitor.close()
+        health.close()
+    _ignore_sigterm_while_finishing()
     if trainer.global_step < max_steps:
         raise TrainError(f"training ended at step {trainer.global_step} of {max_steps} (see the log above)")
     if monitor.val_step != trainer.global_step:
@@ -456,10 +540,21 @@ def train(
         start_step,
         dataset,
         time.monotonic() - started,
+        data_health,
     )
     if storage.is_gcs(run_dir):
         _upload_tree(work / "tensorboard", storage.join(run_dir, "tensorboard"))
     return card
+
+
+def _ignore_sigterm_while_finishing() -> None:
+    """After the last step: a SIGTERM lets the final validation and model files finish."""
+    import signal
+
+    def finish_first(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM after the last step: finishing model.nemo and the card first")
+
+    signal.signal(signal.SIGTERM, finish_first)
 
 
 def _echo_card(card: dict[str, Any]) -> dict[str, Any]:
@@ -490,6 +585,7 @@ def _finish(
     start_step: int,
     dataset: Any,
     wall_seconds: float,
+    data_health: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write model.nemo, card.json and _SUCCESS (in that order) on global rank 0."""
     model_uri = storage.join(run_dir, "model.nemo")
@@ -519,6 +615,7 @@ def _finish(
         "train_wall_seconds": round(wall_seconds, 1),
         "dataset": dataset.uri,
         "dataset_hours": dataset.hours(),
+        **(data_health or {"bad_shards": [], "bad_shard_hours": 0.0, "skipped_utterances": 0}),
         "accelerator": hardware.accelerator,
         "devices": hardware.devices,
         "num_nodes": hardware.num_nodes,
@@ -642,6 +739,8 @@ def train_argv(
     max_steps: int | None = None,
     seed: int | None = None,
     bucket_bins: list[float] | tuple[float, ...] = (),
+    max_bad_shards: int | None = None,
+    stall_timeout_minutes: float | None = None,
 ) -> list[str]:
     """The arguments after ``asrflow`` that run :func:`train` with these settings.
 
@@ -671,6 +770,10 @@ def train_argv(
         argv += ["--num-nodes", str(num_nodes)]
     if precision:
         argv += ["--precision", precision]
+    if max_bad_shards is not None:
+        argv += ["--max-bad-shards", str(max_bad_shards)]
+    if stall_timeout_minutes is not None:
+        argv += ["--stall-timeout", repr(float(stall_timeout_minutes))]
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
@@ -693,7 +796,9 @@ def run_asrflow(argv: list[str]) -> int:
     import subprocess
 
     command = [sys.executable, "-m", "components.train", *argv]
-    child = subprocess.Popen(command)
+    # the task log is read by people debugging a failed task: keep the traceback there
+    env = {**os.environ, "ASRFLOW_DEBUG": os.environ.get("ASRFLOW_DEBUG", "1")}
+    child = subprocess.Popen(command, env=env)
 
     def forward(signum: int, frame: Any) -> None:
         child.send_signal(signum)
