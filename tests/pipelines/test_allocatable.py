@@ -115,15 +115,11 @@ def test_gke_reservation_tiers() -> None:
 
 def test_print_pool_sizes() -> None:
     """The figures per pool (run with -s to see them; nodepools.yaml carries them too)."""
+    from pipelines.nodepools import sizing_comment
+
     for pool in placement.ALL_POOLS:
-        allocatable = placement.node_allocatable(pool.machine_type)
-        room = placement.room_for_tasks(pool)
-        print(
-            f"{pool.name:20} {pool.machine_type:14} allocatable {allocatable.cpu:5.2f} CPU "
-            f"{allocatable.memory_gib:6.2f} GiB | for tasks {room.cpu:5.2f} CPU {room.memory_gib:6.2f} GiB "
-            f"| requests {pool.cpu_request} CPU {pool.memory_request}"
-        )
-        assert room.fits_in(allocatable)
+        print(sizing_comment(pool), end="")
+        assert placement.room_for_tasks(pool).fits_in(placement.node_allocatable(pool.machine_type))
 
 
 # --- the pools' own figures -------------------------------------------------------------
