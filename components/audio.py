@@ -105,14 +105,14 @@ def check_text(raw: str | bytes | None) -> str | Refusal:
 
 def check_audio(audio: bytes | None, declared_duration: float | None, rules: Rules) -> Checked | Refusal:
     """Validate (and where allowed convert) one utterance's audio; text is filled in later."""
-    import soundfile as sf
-
     if not audio:
         return Refusal(AUDIO_EMPTY, "0 bytes")
     header = flac_header(audio)
     if header is not None:
         fmt, (rate, channels, frames) = "FLAC", header
     else:
+        import soundfile as sf  # only here: 16 kHz FLAC needs neither libsndfile nor numpy
+
         try:
             with sf.SoundFile(io.BytesIO(audio)) as handle:
                 fmt, rate, channels, frames = handle.format, handle.samplerate, handle.channels, handle.frames

@@ -15,7 +15,8 @@ does not grow with the dataset. Every row becomes an :class:`Item` or, when it c
 used at all (a malformed manifest line, a missing audio file), a :class:`Bad` with a named
 reason; a file that lacks a required column is a :class:`SourceError` naming the file and
 column. :func:`export_manifest` turns an INPUT into audio files plus a NeMo manifest (what
-evaluation reads); :func:`split_groups` cuts the files into groups for parallel work.
+evaluation reads); :func:`split_groups` cuts parquet files into groups for parallel work and
+:func:`deal_manifests` deals a manifest's lines out to groups.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import heapq
 import json
 import logging
+import os
 import re
 import time
 import types
@@ -49,7 +51,12 @@ MANIFEST_SUFFIXES = (".json", ".jsonl", ".manifest")
 _HUB_FILE = re.compile(r"^(?P<split>[A-Za-z0-9_.]+)-\d{5}-of-\d{5}\.parquet$")
 _AUDIO_SUFFIX = re.compile(r"\.(flac|wav|mp3|ogg|opus)$", re.IGNORECASE)
 _NOT_MEMBER_SAFE = re.compile(r"[^A-Za-z0-9_-]")
-MAX_MEMBER_STEM = 160
+_MEMBER_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPED_STEM = re.compile(r"-[0-9a-f]{16}\Z")
+MAX_MEMBER_STEM = 95
+"""So that ``<stem>.<ext>`` (an extension of up to 4 letters) fits the 100 bytes of a plain tar
+header: one 512-byte block a member, no PAX extension."""
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class SourceError(ValueError):
@@ -95,16 +102,36 @@ class Columns:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A resolved INPUT: what it is and which files it consists of (sorted by URI)."""
+    """A resolved INPUT: what it is and which files it consists of (sorted by URI).
+
+    Attributes:
+        uri: the INPUT as given (local paths made absolute).
+        format: parquet or manifest.
+        files: the data files, sorted by URI.
+        columns: the parquet column mapping.
+        root: the directory the files are named relative to in :meth:`fingerprint`.
+        revision: the content hash a download card records for its files, if any.
+    """
 
     uri: str
     format: str
     files: tuple[storage.FileInfo, ...]
     columns: Columns = Columns()
+    root: str = ""
+    revision: str | None = None
+
+    def relative(self, uri: str) -> str:
+        """A file's name relative to :attr:`root` (its full URI when outside it)."""
+        prefix = self.root.rstrip("/") + "/"
+        return uri[len(prefix) :] if self.root and uri.startswith(prefix) else uri
 
     def fingerprint(self) -> list[Any]:
-        """A JSON-able description that changes when the input's files change."""
-        return [self.format, dataclasses.asdict(self.columns), [[f.uri, f.size] for f in self.files]]
+        """A JSON-able description of the content, which changes when the input's files change
+        and not with how the INPUT is spelled (``dir``, ``./dir``, ``/abs/dir``, a copy elsewhere):
+        file names relative to the root, sizes, and the checksums that come cheaply (GCS's MD5
+        or CRC32C, the MD5 of a local manifest, a download card's content revision)."""
+        files = [[self.relative(f.uri), f.size, f.md5 or f.crc32c] for f in self.files]
+        return [self.format, dataclasses.asdict(self.columns), files, self.revision]
 
 
 _NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
@@ -157,6 +184,8 @@ def open_source(input_: str | Mapping[str, Any], split: str | None = None) -> So
     if isinstance(input_, Mapping):
         return _from_card(dict(input_), base=_card_base(input_, None), uri="<card>", split=split)
     uri = input_.rstrip("/") if input_ != "/" else input_
+    if not storage.is_gcs(uri):
+        uri = os.path.abspath(uri)
     name = storage.basename(uri)
     if name == "card.json":
         return _from_card(_read_json(uri), base=storage.parent(uri), uri=uri, split=split)
@@ -164,7 +193,7 @@ def open_source(input_: str | Mapping[str, Any], split: str | None = None) -> So
         info = storage.stat(uri)
         if info is None:
             raise SourceError(f"{uri}: no such manifest")
-        return Source(uri, MANIFEST, (info,))
+        return Source(uri, MANIFEST, (_with_checksum(info),), root=storage.parent(uri))
     card_uri = storage.join(uri, "card.json")
     if storage.exists(card_uri):
         card = _read_json(card_uri)
@@ -177,7 +206,15 @@ def open_source(input_: str | Mapping[str, Any], split: str | None = None) -> So
     files = _select_split(uri, files, split)
     if not files:
         raise SourceError(f"{uri}: no parquet files{f' for split {split!r}' if split else ''}")
-    return Source(uri, PARQUET, tuple(files))
+    return Source(uri, PARQUET, tuple(files), root=uri)
+
+
+def _with_checksum(info: storage.FileInfo) -> storage.FileInfo:
+    """A manifest's listing with an MD5 (GCS keeps one; a local manifest is hashed: it is small
+    beside its audio), so that its fingerprint changes with any edit."""
+    if info.md5 or info.crc32c or storage.is_gcs(info.uri):
+        return info
+    return dataclasses.replace(info, md5=storage.file_md5(info.uri))
 
 
 def _read_json(uri: str) -> dict[str, Any]:
@@ -195,7 +232,8 @@ def _read_json(uri: str) -> dict[str, Any]:
 def _card_base(card: Mapping[str, Any], card_dir: str | None) -> str | None:
     for key in ("root", "out_dir", "out"):
         if isinstance(card.get(key), str) and card[key]:
-            return str(card[key])
+            base = str(card[key])
+            return base if storage.is_gcs(base) else os.path.abspath(base)
     return card_dir
 
 
@@ -218,11 +256,12 @@ def _from_card(card: dict[str, Any], base: str | None, uri: str, split: str | No
         info = storage.stat(name)
         if info is None:
             raise SourceError(f"{uri}: listed file {name} does not exist")
-        files.append(info)
+        files.append(_with_checksum(info) if fmt == MANIFEST else info)
     files.sort(key=lambda info: info.uri)
     if fmt == PARQUET:
         files = _select_split(uri, files, split)
-    return Source(uri, fmt, tuple(files), _columns_from_card(card))
+    revision = card.get("revision") if isinstance(card.get("revision"), str) else None
+    return Source(uri, fmt, tuple(files), _columns_from_card(card), root=base or "", revision=revision)
 
 
 def _columns_from_card(card: Mapping[str, Any]) -> Columns:
@@ -266,6 +305,39 @@ def _select_split(uri: str, files: list[storage.FileInfo], split: str | None) ->
 # --- grouping -----------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """What one group reads of one input file: all of it, or (a manifest) every ``stride``-th
+    item from the ``offset``-th on, counting non-blank lines from 0."""
+
+    info: storage.FileInfo
+    stride: int = 1
+    offset: int = 0
+
+    @property
+    def uri(self) -> str:
+        return self.info.uri
+
+    def describe(self) -> str:
+        if self.stride == 1:
+            return self.info.uri
+        return f"{self.info.uri} (item {self.offset} and every {self.stride}th after it)"
+
+
+def deal_manifests(files: Sequence[storage.FileInfo], num_groups: int) -> list[list[Part]]:
+    """Deal manifest lines to ``num_groups`` groups like cards: group g reads items g, g+G,
+    g+2G, ... of every manifest (non-blank lines, counted from 0).
+
+    Every group then holds a sample of the whole manifest (a manifest sorted by speaker or
+    duration still makes mixed shards), the groups get equal shares, and the cut depends only
+    on the bytes and G: never on how many workers write them.
+    """
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be at least 1, got {num_groups}")
+    ordered = sorted(files, key=lambda f: f.uri)
+    return [[Part(info, num_groups, index) for info in ordered] for index in range(num_groups)]
+
+
 def split_groups(files: Sequence[storage.FileInfo], num_groups: int) -> list[list[storage.FileInfo]]:
     """Cut files into at most ``num_groups`` groups of about equal bytes, deterministically.
 
@@ -288,15 +360,26 @@ def split_groups(files: Sequence[storage.FileInfo], num_groups: int) -> list[lis
 
 
 def member_stem(item_id: str) -> str:
-    """A file-name stem for an id: safe in tars and for NeMo (no '/' and no '.'), bounded."""
-    stem = _NOT_MEMBER_SAFE.sub("_", _AUDIO_SUFFIX.sub("", item_id) if "." in item_id else item_id) or "_"
-    if len(stem) > MAX_MEMBER_STEM:
-        digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        stem = f"{stem[: MAX_MEMBER_STEM - 17]}_{digest}"
-    return stem
+    """A file-name stem for an id: safe in tars and for NeMo (letters, digits, '_' and '-' only:
+    no '/' and no '.'), at most :data:`MAX_MEMBER_STEM` long, and distinct for distinct ids.
+
+    An id that already is such a stem is its own stem. Any other id (``a.b``, ``x/y.flac``,
+    one too long) becomes a readable form (audio suffix dropped, other characters as '_')
+    plus '-' and 16 hex digits of a hash of the id, so ``a.b`` and ``a_b`` stay apart. Only
+    these end in '-' and 16 hex digits: an id that does is treated as one to escape too.
+    """
+    if (
+        len(item_id) <= MAX_MEMBER_STEM
+        and _MEMBER_SAFE.fullmatch(item_id)
+        and not _ESCAPED_STEM.search(item_id)
+    ):
+        return item_id
+    readable = _NOT_MEMBER_SAFE.sub("_", _AUDIO_SUFFIX.sub("", item_id)) or "_"
+    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{readable[: MAX_MEMBER_STEM - 17]}-{digest}"
 
 
-def count_rows(source: Source, files: Sequence[storage.FileInfo] | None = None) -> int | None:
+def count_rows(source: Source, files: Sequence[storage.FileInfo | Part] | None = None) -> int | None:
     """Rows in parquet files from their footers (cheap); None for manifests."""
     if source.format != PARQUET:
         return None
@@ -309,7 +392,7 @@ def count_rows(source: Source, files: Sequence[storage.FileInfo] | None = None) 
 
 def iter_items(
     source: Source,
-    files: Sequence[storage.FileInfo] | None = None,
+    files: Sequence[storage.FileInfo | Part] | None = None,
     interleave: int = 1,
     batch_rows: int = BATCH_ROWS,
 ) -> Iterator[Item | Bad]:
@@ -317,7 +400,7 @@ def iter_items(
 
     Args:
         source: from :func:`open_source`.
-        files: a subset of ``source.files`` (a group).
+        files: a subset of ``source.files``, or the :class:`Part` s of a group.
         interleave: read this many files at once, one item from each in turn, so that
             consecutive items come from different source files. The order is fixed.
         batch_rows: rows per parquet record batch.
@@ -325,11 +408,13 @@ def iter_items(
     Raises:
         SourceError: a parquet file lacks a required column or has the wrong type.
     """
-    files = list(source.files if files is None else files)
+    parts = [f if isinstance(f, Part) else Part(f) for f in (source.files if files is None else files)]
     if source.format == MANIFEST:
-        readers = [_manifest_batches(info.uri, batch_rows) for info in files]
+        readers = [_manifest_batches(part.uri, batch_rows, part.stride, part.offset) for part in parts]
     else:
-        readers = [_parquet_batches(info.uri, source.columns, batch_rows) for info in files]
+        if any(part.stride != 1 for part in parts):
+            raise ValueError("parquet files are read whole: a Part of one must have stride 1")
+        readers = [_parquet_batches(part.uri, source.columns, batch_rows) for part in parts]
     yield from _round_robin(readers, max(1, interleave))
 
 
@@ -455,12 +540,19 @@ def _as_binary(column: Any) -> Any:
 _MANIFEST_RESERVED = ("audio_filepath", "duration", "text", "offset", "id", "shard_id")
 
 
-def _manifest_batches(uri: str, batch_rows: int) -> Iterator[list[Item | Bad]]:
+def _manifest_batches(
+    uri: str, batch_rows: int, stride: int = 1, offset: int = 0
+) -> Iterator[list[Item | Bad]]:
+    """Items ``offset``, ``offset + stride``, ... of a manifest (non-blank lines from 0)."""
     base = storage.parent(uri)
     batch: list[Item | Bad] = []
+    index = -1
     with storage.open_read(uri) as stream:
         for line_number, raw in enumerate(stream, start=1):
             if not raw.strip():
+                continue
+            index += 1
+            if stride != 1 and index % stride != offset:
                 continue
             batch.append(_manifest_item(raw, f"{uri}:line {line_number}", base))
             if len(batch) >= batch_rows:
@@ -521,7 +613,7 @@ def _is_seconds(value: Any) -> bool:
 
 
 def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return not text.isascii() and _SURROGATES.search(text) is not None
 
 
 def _cut_segment(audio: bytes, offset: float, duration: float) -> bytes | checks.Refusal:

@@ -292,8 +292,9 @@ def main() -> None:
             rows[target.name] = run_target(target, args.points, rng, logs)
     print()
     print(table(rows))
-    ok = all(p.finished and p.identical and p.left_behind == 0 for points in rows.values() for p in points)
-    sys.exit(0 if ok else 1)
+    good = [p.finished and p.identical and p.left_behind == 0 for points in rows.values() for p in points]
+    print(f"chaos: {sum(good)} passed, {len(good) - sum(good)} failed")
+    sys.exit(0 if all(good) else 1)
 
 
 if __name__ == "__main__":

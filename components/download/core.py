@@ -15,12 +15,16 @@ Output under ``out``: the data files under their relative paths (audio under ``a
 file is written atomically and checked against the source's size and checksum (MD5 or CRC32C
 on GCS, SHA-256 for hub LFS files, the git blob hash for small hub files). A rerun skips the
 files that check out, redoes the others, and never counts a temporary file.
+
+``out`` must be empty or hold an earlier download (its ``_ASRFLOW`` marker); a download holds
+its lock while it writes (:mod:`components.storage`), so a second one fails at once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import io
@@ -40,6 +44,7 @@ from components.progress import format_seconds
 
 log = logging.getLogger("asrflow.download")
 
+STEP = "download"
 HF_DATASETS = "hf://datasets/"
 PARQUET = "parquet"
 MANIFEST = "manifest"
@@ -437,6 +442,19 @@ def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def hub_network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub raises when the hub does not answer (its HTTP client's errors)."""
+    import importlib
+
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled too
+    for module_name in ("httpx2", "httpx"):  # whichever client this huggingface_hub uses
+        try:
+            found.append(importlib.import_module(module_name).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def resolve_hub(
     repo_id: str, revision: str | None, token: str | None
 ) -> tuple[str, list[dict[str, Any]] | None, dict[str, SourceFile]]:
@@ -445,24 +463,32 @@ def resolve_hub(
     Returns:
         (commit SHA, ``configs`` of the dataset card or None, files by path in the repo).
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=hub_endpoint(), token=token)
     try:
         info = api.dataset_info(repo_id, revision=revision)
+        if not info.sha:
+            raise DownloadError(f"the hub gave no commit for {repo_id}@{revision or 'main'}")
+        tree = list(api.list_repo_tree(repo_id, repo_type="dataset", revision=info.sha, recursive=True))
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         hint = " (is HF_TOKEN set to a token that may read it?)" if status in (401, 403) else ""
         first_line = str(err).strip().splitlines()[0]
-        raise DownloadError(f"hub dataset {repo_id}@{revision or 'main'}: {first_line}{hint}") from None
-    if not info.sha:
-        raise DownloadError(f"the hub gave no commit for {repo_id}@{revision or 'main'}")
+        raise DownloadError(f"hub dataset {repo_id}@{revision or 'main'}: {first_line}{hint}") from err
+    except hub_network_errors() as err:
+        endpoint = hub_endpoint() or constants.ENDPOINT
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DownloadError(
+            f"cannot reach the Hugging Face hub at {endpoint} for dataset {repo_id}: {reason}; check "
+            "HF_ENDPOINT (unset it for huggingface.co), the network or proxy, and HF_TOKEN"
+        ) from err
     card = info.card_data.to_dict() if info.card_data is not None else {}
     configs = card.get("configs") if isinstance(card.get("configs"), list) else None
     files = {}
-    for entry in api.list_repo_tree(repo_id, repo_type="dataset", revision=info.sha, recursive=True):
+    for entry in tree:
         if isinstance(entry, RepoFile):
             if entry.lfs is not None:
                 files[entry.path] = SourceFile(entry.path, entry.path, entry.size, "sha256", entry.lfs.sha256)
@@ -576,7 +602,8 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(fn, item) for item in items]
+        # each call in a copy of this context: the staging directory of the lock held
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
         try:
             for future in concurrent.futures.as_completed(futures):
                 future.result()
@@ -738,14 +765,15 @@ class _Copier:
 
 def remove_stale_temporaries(out: str) -> int:
     """Delete temporary files a killed run left in a local ``out`` (not the hub staging area,
-    which holds resumable partial downloads). Returns how many went."""
+    which holds resumable partial downloads, nor lock files). Returns how many went. Only the
+    holder of ``out``'s lock calls it: another run's temporaries are never touched."""
     if storage.is_gcs(out) or not os.path.isdir(out):
         return 0
     removed = 0
     for directory, subdirs, names in os.walk(out):
         subdirs[:] = [d for d in subdirs if d != STAGING_NAME]
         for name in names:
-            if name.startswith(storage.TEMP_PREFIX):
+            if name.startswith(storage.TEMP_PREFIX) and not storage.is_lock_name(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, name))
                     removed += 1
@@ -961,7 +989,17 @@ def download(
     )  # fmt: skip
     if plan.format == PARQUET and plan.kind != "hub":
         check_schema(plan.files[0].uri, columns)
-    storage.makedirs(out)
+    try:
+        with storage.locked(storage.lock_uri(out), STEP):
+            storage.claim_output(out, STEP)
+            return _download_locked(plan, out, columns, workers, max_mbps, token)
+    except storage.OutputError as err:
+        raise DownloadError(f"{STEP}: {err}") from None
+
+
+def _download_locked(
+    plan: Plan, out: str, columns: Columns, workers: int, max_mbps: float | None, token: str | None
+) -> dict[str, Any]:
     stale = remove_stale_temporaries(out)
     if stale:
         log.info("download: removed %d temporary file(s) left by an earlier run", stale)

@@ -59,8 +59,10 @@ def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option(
     "--groups",
     type=click.IntRange(min=1),
-    help="Cut the input files into G groups, each writing its own range of shards "
-    "(default: one per 8 files). Shards mix files within a group; the output depends on G.",
+    help="Cut the input into G groups, each writing its own range of shards: parquet files go "
+    "whole to a group (default: one group per 8 files; shards mix files within a group), the "
+    "lines of manifests are dealt to all G (default: one group per 256 KiB of manifest, at most "
+    "64). The output depends on G, never on --workers.",
 )
 @click.option(
     "--group",
@@ -97,6 +99,9 @@ def write_shards(
     --full-decode), 16 kHz mono (or converted), duration within the limits, text valid UTF-8
     and non-empty after normalisation. The same INPUT, --seed and --groups give the same
     bytes; a rerun after a crash finishes the work and gives the same bytes too.
+
+    --out must be empty or hold an earlier write-shards run; a second run on the same --out
+    while one is writing fails at once, naming it.
 
     Reject reasons: audio_missing, audio_empty, audio_corrupt, sample_rate, channels,
     duration_mismatch, text_empty, text_not_utf8, manifest_malformed, duplicate_id; and

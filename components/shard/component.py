@@ -21,7 +21,8 @@ def plan_shard_groups(input_dir: str, max_groups: int) -> list:
     Args:
         input_dir: the download's output directory (its card.json lists the files), a parquet
             directory or a NeMo manifest.
-        max_groups: the most parallel tasks wanted; there are never more groups than files.
+        max_groups: the most parallel tasks wanted; never more groups than parquet files
+            (the lines of a manifest are dealt to all of them).
 
     Returns:
         The group specifiers, one per write_shard_group task.
@@ -144,7 +145,8 @@ def write_shards(
         resample: convert audio that is not 16 kHz mono (False: reject it).
         full_decode: decode all audio instead of checking headers (slower, stricter).
         max_reject_fraction: fail when more than this fraction of items is faulty.
-        groups: groups of input files (0: one per 8 files); the output depends on it.
+        groups: independent groups (0: one per 8 parquet files, or per 256 KiB of a manifest);
+            the output depends on it.
         workers: processes (0: the CPU count); the output does not depend on it.
 
     Returns:

@@ -8,8 +8,10 @@ Output (``out_dir``), as NeMo's ``convert_to_tarred_audio_dataset.py`` lays it o
     metadata.yaml                          NeMo's tarred-dataset metadata + counts and filters
     rejects.jsonl  card.json  _SUCCESS     what was refused and why; the card; done marker
 
-How the work is cut: the input files are split into G groups of about equal bytes
-(:func:`components.sources.split_groups`); group g owns the contiguous shard ids
+How the work is cut: parquet input files are split into G groups of about equal bytes
+(:func:`components.sources.split_groups`); the items of manifests are dealt to G groups like
+cards (:func:`components.sources.deal_manifests`: group g reads items g, g+G, ...), so one
+big manifest is written by G processes too. Group g owns the contiguous shard ids
 ``[g*N//G, (g+1)*N//G)`` and writes them completely, so groups run anywhere (a process pool
 here, one KFP task each on a cluster) and the merge only concatenates small manifests. Within
 a group each item goes to shard ``first + hash(seed, id) % count``, reading several files at
@@ -21,6 +23,11 @@ Every shard and manifest is written to a temporary name and renamed when complet
 uploaded, checksummed, when complete); a group writes its marker ``_groups/group_<g>_of_<G>.json`` last,
 the merge writes ``_SUCCESS`` last. A rerun skips finished groups and redoes the others,
 which produces the same bytes as an uninterrupted run.
+
+The output directory is guarded (:mod:`components.storage`): write-shards writes only into
+an empty directory or its own earlier run (``_ASRFLOW``), the run and the merge hold the
+directory's lock and each group holds its own, so a second writer fails at once naming the
+first, and only the lock's holder removes temporary files. Pool workers die with the run.
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ import math
 import multiprocessing
 import os
 import resource
+import signal
+import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
@@ -44,13 +54,32 @@ from components import audio as checks
 from components import cards, storage
 from components.manifest import Rejects, RejectThresholdExceeded, manifest_line
 from components.progress import Progress, format_seconds, setup_logging
-from components.sources import Bad, Source, SourceError, count_rows, iter_items, member_stem, open_source
+from components.sources import (
+    MANIFEST,
+    Bad,
+    Part,
+    Source,
+    SourceError,
+    count_rows,
+    deal_manifests,
+    iter_items,
+    member_stem,
+    open_source,
+)
 from components.sources import split_groups as split_files
 
 log = logging.getLogger("asrflow.write_shards")
 
 STEP = "write-shards"
+LAYOUT_VERSION = 2
+"""Bump when the same input and settings would give other bytes (2: injective member names,
+manifests dealt to groups)."""
 FILES_PER_GROUP = 8
+MANIFEST_BYTES_PER_GROUP = 256 * 1024
+"""Manifest bytes per group by default (about 1,000 lines, one to three hours of speech)."""
+MAX_DEFAULT_GROUPS = 64
+WRITEBACK_BYTES = 8 * 1024 * 1024
+"""A shard asks the kernel to start writing itself to disk every this many bytes."""
 INTERLEAVE = 4
 """Input files a group reads at once (one item from each in turn); memory holds about one
 parquet row group per open file."""
@@ -69,11 +98,11 @@ class ShardError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """One independent piece of work: some input files and the shard ids they fill."""
+    """One independent piece of work: its parts of the input files and the shard ids they fill."""
 
     index: int
     count: int
-    files: tuple[storage.FileInfo, ...]
+    files: tuple[Part, ...]
     first_shard: int
     num_shards: int
 
@@ -100,6 +129,7 @@ class Plan:
     def settings_id(self) -> str:
         """A digest of the input files and every setting that changes the output."""
         settings = {
+            "layout": LAYOUT_VERSION,
             "input": self.source.fingerprint(),
             "num_shards": self.num_shards,
             "seed": self.seed,
@@ -110,26 +140,42 @@ class Plan:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def default_groups(num_files: int) -> int:
-    """One group per FILES_PER_GROUP input files: parallelism without giving up mixing."""
-    return max(1, math.ceil(num_files / FILES_PER_GROUP))
+def default_groups(source: Source) -> int:
+    """Parquet: one group per FILES_PER_GROUP files (parallelism without giving up mixing).
+    Manifests: one group per MANIFEST_BYTES_PER_GROUP of manifest, at most MAX_DEFAULT_GROUPS
+    (every group samples the whole manifest, so more groups cost no mixing). Never the number
+    of workers: the output depends on the groups."""
+    if source.format == MANIFEST:
+        size = sum(info.size for info in source.files)
+        return max(1, min(MAX_DEFAULT_GROUPS, math.ceil(size / MANIFEST_BYTES_PER_GROUP)))
+    return max(1, math.ceil(len(source.files) / FILES_PER_GROUP))
+
+
+def group_limit(source: Source) -> int | None:
+    """The most groups an input can be cut into: one per parquet file; manifests: no limit."""
+    return None if source.format == MANIFEST else len(source.files)
 
 
 def make_plan(
     source: Source, num_shards: int, seed: int, rules: checks.Rules, groups: int | None = None
 ) -> Plan:
-    """Cut ``source`` into groups (at most one per file and per shard) with their shard ranges."""
+    """Cut ``source`` into groups (at most one per parquet file, one per shard) with their
+    shard ranges."""
     if num_shards < 1:
         raise ValueError(f"--num-shards must be at least 1, got {num_shards}")
-    wanted = groups if groups is not None else default_groups(len(source.files))
+    wanted = groups if groups is not None else default_groups(source)
     if wanted < 1:
         raise ValueError(f"--groups must be at least 1, got {wanted}")
-    count = min(wanted, len(source.files), num_shards)
+    count = min(wanted, num_shards, group_limit(source) or wanted)
+    if source.format == MANIFEST:
+        cut = deal_manifests(source.files, count)
+    else:
+        cut = [[Part(info) for info in files] for files in split_files(source.files, count)]
     made = []
-    for index, files in enumerate(split_files(source.files, count)):
+    for index, parts in enumerate(cut):
         first = index * num_shards // count
         end = (index + 1) * num_shards // count
-        made.append(Group(index, count, tuple(files), first, end - first))
+        made.append(Group(index, count, tuple(parts), first, end - first))
     return Plan(source, num_shards, seed, rules, tuple(made))
 
 
@@ -188,7 +234,8 @@ class TarShard:
     The framing is tarfile's own (a header as ``TarInfo.tobuf`` makes it, data padded to
     512 bytes, two zero blocks and padding to a 10 KiB record at the end), without tarfile's
     list of members, which would grow with the shard. Members collect in a buffer of
-    ``buffer_bytes`` so that a shard of small utterances costs few system calls.
+    ``buffer_bytes`` so that a shard of small utterances costs few system calls; every
+    WRITEBACK_BYTES the kernel is asked to start writing the file out.
     """
 
     def __init__(self, out: IO[bytes], buffer_bytes: int = 256 * 1024) -> None:
@@ -197,6 +244,7 @@ class TarShard:
         self.members = 0
         self.buffer = bytearray()
         self.buffer_bytes = buffer_bytes
+        self._written_back = 0
 
     def add(self, name: str, data: bytes) -> None:
         header = member_header(name, len(data))
@@ -214,6 +262,19 @@ class TarShard:
     def flush(self) -> None:
         self.out.write(self.buffer)
         self.buffer.clear()
+        if self.offset - self._written_back >= WRITEBACK_BYTES:
+            self._written_back = self.offset
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to write what it holds of this file to disk now (and then to drop it
+        from the page cache), so that the disk works while the next items are checked and the
+        fsync before the rename finds little left to write."""
+        try:
+            self.out.flush()
+            os.posix_fadvise(self.out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        except (AttributeError, OSError, ValueError):
+            pass  # not a plain file, or no posix_fadvise here: the fsync does it all
 
     def close(self) -> None:
         end = self.offset + 2 * tarfile.BLOCKSIZE
@@ -239,6 +300,33 @@ def group_rejects(out_dir: str, group: Group) -> str:
     return storage.join(out_dir, GROUPS_DIR, f"{group.name}.rejects.jsonl")
 
 
+def group_lock(out_dir: str, group: Group) -> str:
+    return storage.lock_uri(out_dir, group.name)
+
+
+def run_lock(out_dir: str) -> str:
+    return storage.lock_uri(out_dir)
+
+
+@contextlib.contextmanager
+def guarded(out_dir: str) -> Iterator[storage.Lock]:
+    """Hold ``out_dir``'s lock and make sure it is write-shards' own (or empty)."""
+    try:
+        with storage.locked(run_lock(out_dir), STEP) as lock:
+            storage.claim_output(out_dir, STEP)
+            yield lock
+    except storage.OutputError as err:
+        raise ShardError(f"{STEP}: {err}") from None
+
+
+def _finished(out_dir: str, settings_id: str) -> dict[str, Any] | None:
+    """The card of a dataset write-shards finished in ``out_dir`` with these settings, looked
+    up without the lock (a rerun on unchanged data only reads)."""
+    if storage.owner_of(out_dir) != STEP:
+        return None
+    return finished_card(out_dir, settings_id)
+
+
 def read_group_stats(out_dir: str, group: Group, settings_id: str) -> dict[str, Any] | None:
     """A finished group's stats, None when it has not finished; an error when made otherwise."""
     uri = group_marker(out_dir, group)
@@ -253,12 +341,30 @@ def read_group_stats(out_dir: str, group: Group, settings_id: str) -> dict[str, 
     return stats
 
 
-def write_group(plan: Plan, group_index: int, out_dir: str) -> dict[str, Any]:
-    """Validate and write one group's items into its shards; return its stats.
+def write_group(plan: Plan, group_index: int, out_dir: str, claim: bool = False) -> dict[str, Any]:
+    """Validate and write one group's items into its shards, holding the group's lock; return
+    its stats. A group that already finished (its marker exists with the same settings) is
+    skipped.
 
-    A group that already finished (its marker exists with the same settings) is skipped.
+    Args:
+        claim: check that ``out_dir`` is empty or write-shards' own first (a fan-out task,
+            which does not hold the directory's lock).
+
+    Raises:
+        ShardError: another process holds the group's lock (the message names it), or the
+            directory is another's.
     """
     group = plan.groups[group_index]
+    try:
+        with storage.locked(group_lock(out_dir, group), STEP) as lock:
+            if claim:
+                storage.claim_output(out_dir, STEP)
+            return _write_group_locked(plan, group, out_dir, lock)
+    except storage.OutputError as err:
+        raise ShardError(f"{STEP}: {err}") from None
+
+
+def _write_group_locked(plan: Plan, group: Group, out_dir: str, lock: storage.Lock) -> dict[str, Any]:
     settings_id = plan.settings_id
     done = read_group_stats(out_dir, group, settings_id)
     if done is not None:
@@ -323,7 +429,7 @@ def write_group(plan: Plan, group_index: int, out_dir: str) -> dict[str, Any]:
         "group": group.index,
         "groups": group.count,
         "shards": [group.first_shard, group.first_shard + group.num_shards],
-        "files": [info.uri for info in group.files],
+        "files": [part.describe() for part in group.files],
         "utterances": sum(shard_items),
         "seconds": seconds,
         "rejected": len(rejects),
@@ -331,6 +437,7 @@ def write_group(plan: Plan, group_index: int, out_dir: str) -> dict[str, Any]:
         "shard_utterances": shard_items,
         "shard_seconds": shard_seconds,
     }
+    lock.check()
     storage.write_text(group_marker(out_dir, group), json.dumps(stats, sort_keys=True) + "\n")
     return stats
 
@@ -352,7 +459,8 @@ def _open_shards(
 
 
 def _remove_stale_temporaries(out_dir: str, group: Group) -> None:
-    """Delete temporary files a killed run of this group left behind (local disks only)."""
+    """Delete temporary files a killed run of this group left behind (local disks only; on
+    GCS they are in the lock's staging directory). Only the group lock's holder calls it."""
     if storage.is_gcs(out_dir):
         return
     for directory, make_name in ((out_dir, tar_name), (storage.join(out_dir, SHARDED_DIR), _manifest_base)):
@@ -563,10 +671,12 @@ def default_out_dir(input_: str | Mapping[str, Any], plan: Plan) -> str:
 
 
 def group_specs(input_: str | Mapping[str, Any], max_groups: int, split: str | None = None) -> list[str]:
-    """``"I/G"`` for every group of an input cut into at most ``max_groups`` (one per file at most)."""
+    """``"I/G"`` for every group of an input cut into at most ``max_groups`` (one per parquet
+    file at most; a manifest is dealt to all ``max_groups``)."""
     if max_groups < 1:
         raise ValueError(f"max_groups must be at least 1, got {max_groups}")
-    count = min(max_groups, len(open_source(input_, split=split).files))
+    limit = group_limit(open_source(input_, split=split))
+    count = min(max_groups, limit or max_groups)
     return [f"{index}/{count}" for index in range(count)]
 
 
@@ -598,7 +708,11 @@ def merge_groups(
     source = open_source(input_, split=settings["split"])
     rules = checks.Rules(**settings["rules"])
     plan = make_plan(source, settings["num_shards"], settings["seed"], rules, settings["groups_requested"])
-    return merge(plan, settings["out_dir"], max_reject_fraction)
+    finished = _finished(settings["out_dir"], plan.settings_id)
+    if finished is not None:
+        return finished
+    with guarded(settings["out_dir"]):
+        return merge(plan, settings["out_dir"], max_reject_fraction)
 
 
 def write_shards(
@@ -643,18 +757,26 @@ def write_shards(
     if group is not None:
         if not 0 <= group < (groups or len(plan.groups)):
             raise ValueError(f"--group {group} is outside 0..{(groups or len(plan.groups)) - 1}")
+        try:
+            storage.Lock(run_lock(out_dir), STEP).probe()  # a whole run or a merge is writing
+        except storage.OutputError as err:
+            raise ShardError(f"{STEP}: {err}") from None
         if group >= len(plan.groups):
             log.info("%s: group %d has no files (input has %d), nothing to do", STEP, group, len(plan.groups))
             stats: dict[str, Any] = {"settings_id": settings_id, "group": group, "utterances": 0}
         else:
-            stats = write_group(plan, group, out_dir)
+            stats = write_group(plan, group, out_dir, claim=True)
         return {**stats, "out_dir": out_dir, "settings": _settings(plan, out_dir, groups, split)}
-    finished = finished_card(out_dir, settings_id)
+    finished = _finished(out_dir, settings_id)
     if finished is not None:
         return finished
-    if not merge_only:
-        _write_all_groups(plan, out_dir, workers)
-    return merge(plan, out_dir, max_reject_fraction)
+    with guarded(out_dir):
+        finished = finished_card(out_dir, settings_id)
+        if finished is not None:
+            return finished
+        if not merge_only:
+            _write_all_groups(plan, out_dir, workers)
+        return merge(plan, out_dir, max_reject_fraction)
 
 
 def _write_all_groups(plan: Plan, out_dir: str, workers: int) -> None:
@@ -672,18 +794,30 @@ def _write_all_groups(plan: Plan, out_dir: str, workers: int) -> None:
     if workers == 1:
         results = [write_group(plan, index, out_dir) for index in range(count)]
     else:
-        # workers start from a fork server that has imported this module once: no thread
-        # state of this process is inherited, and no worker pays the imports again
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(
-            [__name__, "components.sources", "components.audio", "pyarrow.parquet", "soundfile"]
+        context = _pool_context()
+        log.debug("%s: workers start by %s", STEP, context.get_start_method())
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            context,
+            initializer=_init_worker,
+            initargs=(os.getpid(), storage.process_start(os.getpid())),
         )
-        with concurrent.futures.ProcessPoolExecutor(workers, context, initializer=setup_logging) as pool:
+        with pool:
             futures = [pool.submit(write_group, plan, index, out_dir) for index in range(count)]
             results = []
-            for done, future in enumerate(futures, start=1):
-                results.append(future.result())
-                log.info("%s: %d/%d groups written", STEP, done, count)
+            try:
+                for done, future in enumerate(futures, start=1):
+                    results.append(future.result())
+                    log.info("%s: %d/%d groups written", STEP, done, count)
+            except (KeyboardInterrupt, SystemExit):
+                # stopped (SIGTERM): the workers release their locks and end now
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # groups running finish; no new ones
+                raise
     seconds = sum(r["seconds"] for r in results)
     elapsed = time.monotonic() - started
     log.info(
@@ -694,6 +828,75 @@ def _write_all_groups(plan: Plan, out_dir: str, workers: int) -> None:
         format_seconds(elapsed),
         seconds / elapsed if elapsed else 0.0,
     )
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """How pool workers start: forked, when this process has a single thread (the CLI on local
+    disks: a fork takes milliseconds, where a fresh interpreter takes a third of a second that
+    a small run cannot win back); else from a fork server that has imported this module once,
+    so that no thread state (Arrow's pools, a lock's heartbeat) is inherited and no worker pays
+    the imports again."""
+    if _single_threaded():
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        [__name__, "components.sources", "components.audio", "pyarrow.parquet", "soundfile"]
+    )
+    return context
+
+
+def _single_threaded() -> bool:
+    """True when this process has one thread, native ones (Arrow's) counted (Linux only)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(run_pid: int, run_started: float) -> None:
+    """A pool worker's set-up: logging, and dying with the run.
+
+    A forked worker's parent is the run: ``PR_SET_PDEATHSIG`` kills it when the run ends,
+    SIGKILL included. A fork server's worker has the fork server as its parent, and the fork
+    server lives as long as any worker does (each holds its "alive" pipe), so there each
+    worker also watches the run's process itself (a pidfd where Linux has one, else polling)
+    and exits the moment it ends; the fork server and the resource tracker then end too.
+    """
+    setup_logging()
+    _set_parent_death_signal()
+    threading.Thread(target=_watch_run, args=(run_pid, run_started), name="watch-run", daemon=True).start()
+
+
+def _set_parent_death_signal() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_run(run_pid: int, run_started: float) -> None:
+    """End this process when the run's process ends (a daemon thread of each worker)."""
+    import select
+
+    try:
+        pidfd: int | None = os.pidfd_open(run_pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if storage.process_alive(run_pid, run_started):  # after the pidfd: no pid reuse in between
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the process has ended
+        else:
+            while storage.process_alive(run_pid, run_started):
+                time.sleep(0.5)
+    os._exit(1)
 
 
 def iter_shard_members(out_dir: str, shard_id: int) -> Iterator[tuple[str, int]]:

@@ -299,8 +299,9 @@ def test_download_bundled_corpus(tmp_path: Path) -> None:
     assert cards.read_card(str(out)) == card
     assert storage.is_complete(str(out))
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
-        [*TRAIN_FILES, "card.json", "_SUCCESS"]
+        [*TRAIN_FILES, "card.json", "_SUCCESS", "_ASRFLOW"]
     )
+    assert (out / "_ASRFLOW").read_text() == '{"step": "download"}\n'
 
 
 def test_card_config_maps_validation_split(tmp_path: Path) -> None:
@@ -446,6 +447,7 @@ def test_gcs_source_and_destination(gcs_bucket: str, tmp_path: Path) -> None:
         files = snapshot(out)
         card_text = files.pop("card.json")
         assert files.pop("_SUCCESS") == md5(b"")
+        assert files.pop("_ASRFLOW") == md5(b'{"step": "download"}\n')
         assert files == expected
         assert card_text == md5(storage.read_bytes(storage.join(out, "card.json")))
         # Same bytes, same revision, whichever store they come from.
@@ -582,6 +584,61 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert "config 'clean' has no split 'dev'; it has train, validation, test" in result.output
 
 
+# --- output directories -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_directory_holding_other_files_is_refused(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A download into someone's directory used to mix its files into the dataset, exit 0."""
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    out = storage.join(base, "home")
+    storage.write_text(storage.join(out, "thesis", "draft.tex"), "months of work\n")
+    result = CliRunner().invoke(download_command, [str(CORPUS), "--out", out, "--config", "clean"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: download: {out} is not empty and holds no download run of asrflow (it has "
+        "thesis/draft.tex, and no _ASRFLOW marker); write to an empty or new directory, or empty this one"
+    )
+    assert [info.uri for info in storage.list_files(out)] == [storage.join(out, "thesis", "draft.tex")]
+    # write-shards' output is not a download's either
+    storage.write_text(storage.join(base, "tarred", "_ASRFLOW"), '{"step": "write-shards"}\n')
+    with pytest.raises(core.DownloadError, match="holds the output of write-shards, not of download"):
+        core.download(str(CORPUS), storage.join(base, "tarred"), config="clean")
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_second_download_into_the_same_directory_fails_at_once(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    out = storage.join(base, "raw")
+    command = [_asrflow(), "download", str(CORPUS), "--out", out, "--config", "clean", "--workers", "2"]
+    # 8 MB at 2 MB/s: about four seconds of copying
+    first = subprocess.Popen(
+        [*command, "--max-mbps", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not [n for n in _listing(out) if n.endswith(".parquet") and "/.tmp-" not in f"/{n}"]:
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"Error: download: {out} is being written by another run (download on host ")
+        assert f"pid {first.pid}, since " in last
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["rows"] == 300
+    assert _listing(out) == sorted([*TRAIN_FILES, "card.json", "_SUCCESS", "_ASRFLOW"])
+    for name in TRAIN_FILES:
+        assert storage.read_bytes(storage.join(out, name)) == (CORPUS / name).read_bytes()
+
+
 # --- kill and rerun ----------------------------------------------------------------------
 
 
@@ -651,7 +708,7 @@ def test_killed_download_reruns_to_the_same_bytes(
     card = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert "already complete and verified" in rerun.stderr
     assert {k: v for k, v in card.items() if k != "out"} == {k: v for k, v in expected.items() if k != "out"}
-    assert _listing(out) == sorted([*TRAIN_FILES, "card.json", "_SUCCESS"])
+    assert _listing(out) == sorted([*TRAIN_FILES, "card.json", "_SUCCESS", "_ASRFLOW"])
     got, want = snapshot(out), snapshot(reference)
     assert got.pop("card.json") != want.pop("card.json")  # they differ only in "out"
     assert got == want
@@ -790,8 +847,8 @@ def test_hub_source_to_local(hub: str, tmp_path: Path, caplog: pytest.LogCapture
     for name in TRAIN_FILES:
         assert (out / name).read_bytes() == (CORPUS / name).read_bytes()
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
-        ["clean", *TRAIN_FILES, "card.json", "_SUCCESS"]
-    )  # the staging area is gone
+        ["clean", *TRAIN_FILES, "card.json", "_SUCCESS", "_ASRFLOW"]
+    )  # the staging area and the lock are gone
     assert set(_Hub.seen_auth) == {f"Bearer {HUB_TOKEN}"}
     assert HUB_TOKEN not in caplog.text
     # The card's validation split lives in another directory; a rerun downloads nothing.

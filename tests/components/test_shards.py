@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from components.audio import Rules
 from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
 from components.shard import core
 from components.shard.cli import write_shards as write_shards_command
+from components.sources import member_stem, open_source
 from tests.components.shard_inputs import bad_rows, bundled_rows, write_manifest_input, write_parquet
 
 ASRFLOW = str(Path(sys.executable).with_name("asrflow"))
@@ -190,7 +193,8 @@ def test_manifest_input(tmp_path: Path, bundled_corpus: Path) -> None:
     entries = read_manifest(str(tmp_path / "out" / "tarred_audio_manifest.json"))
     assert sorted(e["source_id"] for e in entries) == [f"wavs/utt{i:03d}" for i in range(20)]
     assert all(e["speaker"] == int(e["source_id"][-3:]) % 3 for e in entries)  # extra keys kept
-    assert {e["audio_filepath"] for e in entries} == {f"wavs_utt{i:03d}.flac" for i in range(20)}
+    assert {e["audio_filepath"] for e in entries} == {f"{member_stem(e['source_id'])}.flac" for e in entries}
+    assert all(re.fullmatch(r"wavs_utt\d{3}-[0-9a-f]{16}\.flac", e["audio_filepath"]) for e in entries)
 
 
 def test_missing_column_is_a_clear_error(tmp_path: Path, bundled_corpus: Path) -> None:
@@ -440,3 +444,352 @@ def test_kfp_components_fan_out_and_merge_locally(tmp_path: Path, bundled_corpus
     single = write_shards(input_dir=raw_dir, out_dir=str(tmp_path / "single"), num_shards=4, seed=0, groups=2)
     assert single.outputs["card"].metadata["utterances"] == 300
     assert dataset_bytes(tmp_path / "fan") == dataset_bytes(tmp_path / "single")
+
+
+# --- output directories: foreign files, a second writer, orphans, temporaries --------------
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ASRFLOW, *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Live descendants of ``pid`` (pid -> start time), from /proc."""
+    children: dict[int, list[int]] = {}
+    start: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        start[int(entry.name)] = fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = start[child]
+            todo.append(child)
+    return found
+
+
+def still_alive(processes: dict[int, str]) -> list[int]:
+    alive = []
+    for pid, started in processes.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] not in ("Z", "X") and fields[19] == started:
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_directory_holding_other_files_is_refused(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path, bundled_corpus: Path
+) -> None:
+    """It used to overwrite audio_0.tar and mix notes.txt into the dataset, exit 0."""
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    out = storage.join(base, "mine")
+    storage.write_text(storage.join(out, "notes.txt"), "my notes\n")
+    storage.write_text(storage.join(out, "audio_0.tar"), "someone else's shard\n")
+    result = _run_cli(["write-shards", str(bundled_corpus / "clean"), "--out", out, "--num-shards", "2"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: write-shards: {out} is not empty and holds no write-shards run of asrflow (it has "
+        "audio_0.tar, and no _ASRFLOW marker); write to an empty or new directory, or empty this one"
+    )
+    assert "Traceback" not in result.stderr
+    assert storage.read_text(storage.join(out, "audio_0.tar")) == "someone else's shard\n"
+    left = sorted(info.uri for info in storage.list_files(out))
+    assert left == [storage.join(out, "audio_0.tar"), storage.join(out, "notes.txt")]
+    # a download's directory is not write-shards' either
+    raw = tmp_path / "raw"
+    from components.download.core import download
+
+    download(str(bundled_corpus), str(raw), config="clean", split="train", workers=2)
+    with pytest.raises(core.ShardError, match=f"{raw} holds the output of download, not of write-shards"):
+        core.write_shards(str(raw), str(raw), 2, 0)
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_second_writer_fails_at_once_and_the_first_finishes_intact(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path, bundled_corpus: Path
+) -> None:
+    """Two runs on one --out used to delete each other's temporaries; the first crashed."""
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    source = str(bundled_corpus / "clean")
+    reference = tmp_path / "reference"
+    core.write_shards(source, str(reference), 4, 0, groups=2)
+    out = storage.join(base, "shared")
+    args = ["write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2", "--workers", "1"]
+    env = {**os.environ, core.DELAY_ENV: "0.02"}
+    first = subprocess.Popen(
+        [ASRFLOW, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not storage.exists(storage.join(out, core.GROUPS_DIR, "group_00000_of_00002.json")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        started = time.monotonic()
+        second = _run_cli(args)
+        assert time.monotonic() - started < 30  # at once: not after the first run's minutes
+        assert second.returncode == 1, second.stderr
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith(
+            f"Error: write-shards: {out} is being written by another run (write-shards on host "
+        )
+        assert f"pid {first.pid}, since " in last and "wait for it to end, or write elsewhere" in last
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["utterances"] == 300
+    for name, data in dataset_bytes(reference).items():
+        assert storage.read_bytes(storage.join(out, name)) == data, name
+    assert not storage.exists(storage.lock_uri(out))
+    assert not storage.exists(storage.lock_uri(out, "group_00001_of_00002"))
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_pool_workers_die_with_a_killed_run_and_the_rerun_is_identical(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path, bundled_corpus: Path
+) -> None:
+    """After SIGKILL of write-shards its pool workers used to live on, parent 1, writing.
+    (Locally the workers are forked; on gs:// they come from a fork server.)"""
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    source = str(bundled_corpus / "clean")
+    reference = tmp_path / "reference"
+    core.write_shards(source, str(reference), 4, 0, groups=2, workers=1)
+    out = storage.join(base, "killed")
+    command = [ASRFLOW, "write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2"]
+    command += ["--workers", "2"]
+    env = {**os.environ, core.DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}  # about 8 s a group
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    family: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(descendants(process.pid)) < 2:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        time.sleep(2.0)  # both workers are writing their groups
+        family = descendants(process.pid)
+        assert len(family) >= 2  # two workers (and a fork server and resource tracker, if used)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while still_alive(family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert still_alive(family) == [], "processes of the killed run live on"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+        for pid in still_alive(family):
+            os.kill(pid, signal.SIGKILL)
+    assert not storage.exists(storage.join(out, "_SUCCESS"))
+    rerun = _run_cli(command[1:], env={**env, core.DELAY_ENV: "0"})
+    assert rerun.returncode == 0, rerun.stderr
+    for name, data in dataset_bytes(reference).items():
+        assert storage.read_bytes(storage.join(out, name)) == data, name
+    if where == "gcs":
+        bucket, prefix = storage.split_gcs(out)
+        names = [blob.name for blob in storage.gcs_client().list_blobs(bucket, prefix=prefix + "/")]
+    else:
+        names = [str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()]
+    assert not [name for name in names if storage.TEMP_PREFIX in name], names
+    assert not [p for p in (tmp_path / storage.STAGING_ROOT).rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_sigterm_stops_the_run_and_its_workers_and_releases_the_locks(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path, bundled_corpus: Path
+) -> None:
+    """A pod being stopped gets SIGTERM: no worker, lock or temporary file may outlive it."""
+    base = request.getfixturevalue("gcs_bucket") if where == "gcs" else str(tmp_path)
+    out = storage.join(base, "stopped")
+    command = [ASRFLOW, "write-shards", str(bundled_corpus / "clean"), "--out", out, "--num-shards", "4"]
+    command += ["--groups", "2", "--workers", "2"]
+    env = {**os.environ, core.DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    family: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(family) < 2:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the workers never started"
+            family = descendants(process.pid)
+            time.sleep(0.1)
+        time.sleep(2.0)  # both workers are writing their groups
+        family = descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+        deadline = time.monotonic() + 10
+        while still_alive(family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert still_alive(family) == []
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    if where == "gcs":
+        bucket, prefix = storage.split_gcs(out)
+        names = [blob.name for blob in storage.gcs_client().list_blobs(bucket, prefix=prefix + "/")]
+    else:
+        names = [str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()]
+    assert not [name for name in names if storage.TEMP_PREFIX in name], names  # no lock, no temporary
+    assert not [p for p in (tmp_path / storage.STAGING_ROOT).rglob("*") if p.is_file()]
+
+
+def test_a_killed_gcs_run_leaves_no_staging_files_after_the_rerun(
+    gcs_bucket: str, tmp_path: Path, bundled_corpus: Path
+) -> None:
+    """The local files of gs:// writes were /tmp/.tmp-* files that no rerun removed."""
+    source = str(bundled_corpus / "clean")
+    reference = tmp_path / "reference"
+    core.write_shards(source, str(reference), 4, 0, groups=2)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), core.DELAY_ENV: "0.02"}
+    out = f"{gcs_bucket}/killed"
+    command = [ASRFLOW, "write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2"]
+    command += ["--workers", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not storage.exists(f"{out}/{core.GROUPS_DIR}/group_00000_of_00002.json"):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first group never finished"
+            time.sleep(0.05)
+        time.sleep(1.0)  # inside the second group
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    staged = [p for p in tmp.rglob("*") if p.is_file()]
+    assert staged and all(p.name.startswith(storage.TEMP_PREFIX) for p in staged)
+    rerun = _run_cli(command[1:], env={**env, core.DELAY_ENV: "0"})
+    assert rerun.returncode == 0, rerun.stderr
+    assert not [p for p in tmp.rglob("*") if p.is_file()], "the killed run's staging files are still there"
+    assert all(p.is_relative_to(tmp / storage.STAGING_ROOT) for p in staged)
+    for name, data in dataset_bytes(reference).items():
+        assert storage.read_bytes(f"{out}/{name}") == data, name
+    assert not [info for info in storage.list_files(out) if "lock" in info.uri]
+    bucket, prefix = storage.split_gcs(out)
+    assert not [
+        b.name for b in storage.gcs_client().list_blobs(bucket, prefix=prefix + "/") if ".tmp-" in b.name
+    ]
+
+
+# --- settings fingerprint and member names -------------------------------------------------
+
+
+def test_input_spelled_otherwise_is_the_same_input(
+    tmp_path: Path, bundled_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dir`` then ``/abs/dir`` used to be refused as "other input or settings"."""
+    import shutil
+
+    shutil.copytree(bundled_corpus / "clean", tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    part = core.write_shards("in", str(out), 4, 0, groups=2, group=0)  # a run killed after one group
+    card = core.write_shards(str(tmp_path / "in"), str(out), 4, 0, groups=2)
+    assert card["settings_id"] == part["settings_id"] and card["input"] == str(tmp_path / "in")
+    reference = core.write_shards(str(bundled_corpus / "clean"), str(tmp_path / "reference"), 4, 0, groups=2)
+    assert reference["settings_id"] == card["settings_id"]  # the same files elsewhere: the same input
+    got, want = dataset_bytes(out), dataset_bytes(tmp_path / "reference")
+    metadata = [yaml.safe_load(files.pop(core.METADATA_NAME)) for files in (got, want)]
+    assert got == want
+    assert [m["asrflow"].pop("input") for m in metadata] == [
+        str(tmp_path / "in"),
+        str(bundled_corpus / "clean"),
+    ]
+    assert metadata[0] == metadata[1]
+    assert core.write_shards("./in/", str(out), 4, 0, groups=2) == card
+
+
+def test_ids_that_sanitise_alike_all_get_their_own_member(tmp_path: Path, bundled_corpus: Path) -> None:
+    """``a.b`` and ``a_b`` (and ``x``, ``x.flac``) used to share one member name: all but one
+    were rejected as duplicates."""
+    from nemo.collections.common.data.lhotse.nemo_adapters import LazyNeMoTarredIterator
+
+    valid = bundled_rows(bundled_corpus, 8)
+    ids = ["a.b", "a_b", "a b", "a/b", "x", "x.flac", "LibriSpeech-1089-0000", "y-0123456789abcdef"]
+    rows = [dataclasses.replace(row, id=item_id) for row, item_id in zip(valid, ids, strict=True)]
+    write_parquet(rows, tmp_path / "in" / "train-00000-of-00001.parquet")
+    out = tmp_path / "out"
+    card = core.write_shards(str(tmp_path / "in"), str(out), 2, 0, max_reject_fraction=0.0)
+    assert card["utterances"] == 8 and card["rejected"] == 0
+    entries = read_manifest(str(out / "tarred_audio_manifest.json"))
+    members = {e["source_id"]: e["audio_filepath"] for e in entries}
+    assert len(set(members.values())) == 8
+    assert members["a_b"] == "a_b.flac" and members["x"] == "x.flac"  # safe ids keep their names
+    assert members["LibriSpeech-1089-0000"] == "LibriSpeech-1089-0000.flac"
+    assert re.fullmatch(r"a_b-[0-9a-f]{16}\.flac", members["a.b"])
+    iterator = LazyNeMoTarredIterator(
+        manifest_path=str(out / "sharded_manifests" / "manifest__OP_0..1_CL_.json"),
+        tar_paths=str(out / "audio__OP_0..1_CL_.tar"),
+        shard_seed=0,
+    )
+    row_of = {row.id: row for row in rows}
+    read = {}
+    for cut in iterator:
+        row = row_of[cut.custom["source_id"]]
+        read[row.id] = cut.load_audio().shape
+        assert abs(cut.duration - row.duration_ms / 1000) < 0.01
+    assert sorted(read) == sorted(ids)
+
+
+# --- one big manifest, several groups -----------------------------------------------------
+
+
+def test_one_manifest_is_dealt_to_groups_and_workers_do_not_change_bytes(
+    tmp_path: Path, bundled_corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A single manifest used to be one group whatever --groups and --workers said."""
+    rows = bundled_rows(bundled_corpus, 60) + bundled_rows(bundled_corpus, 30, file_index=1)
+    manifest = write_manifest_input(rows, tmp_path / "set", [])
+    source = str(manifest)
+    caplog.set_level("INFO", logger="asrflow.write_shards")
+    one = core.write_shards(source, str(tmp_path / "w1"), 6, 0, groups=3, workers=1)
+    assert "1 files in 3 groups -> 6 shards, 1 worker(s)" in caplog.text
+    three = core.write_shards(source, str(tmp_path / "w3"), 6, 0, groups=3, workers=3)
+    assert "1 files in 3 groups -> 6 shards, 3 worker(s)" in caplog.text
+    assert one["groups"] == three["groups"] == 3 and one["utterances"] == 90
+    assert dataset_bytes(tmp_path / "w1") == dataset_bytes(tmp_path / "w3")
+    # every group samples the whole manifest: each shard has lines from its start and its end
+    for shard_id in range(6):
+        lines = [
+            int(e["source_id"][len("wavs/utt") :])
+            for e in read_manifest(str(tmp_path / "w1" / f"sharded_manifests/manifest_{shard_id}.json"))
+        ]
+        assert min(lines) < 30 and max(lines) >= 60, (shard_id, lines)
+    # a fan-out over the same groups gives the same bytes
+    assert core.group_specs(source, 3) == ["0/3", "1/3", "2/3"]
+    fan = tmp_path / "fan"
+    cards = [core.write_shards(source, str(fan), 6, 0, groups=3, group=i) for i in (2, 0, 1)]
+    core.merge_groups(source, cards, 0.01)
+    assert dataset_bytes(fan) == dataset_bytes(tmp_path / "w1")
+
+
+def test_a_big_manifest_gets_several_groups_by_default(
+    tmp_path: Path, bundled_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = bundled_rows(bundled_corpus, 24)
+    manifest = write_manifest_input(rows, tmp_path / "set", [])
+    size = manifest.stat().st_size
+    monkeypatch.setattr(core, "MANIFEST_BYTES_PER_GROUP", size // 4 + 1)
+    plan = core.make_plan(open_source(str(manifest)), 8, 0, Rules())
+    assert len(plan.groups) == 4 and [g.shard_ids for g in plan.groups][-1] == range(6, 8)
+    assert len(core.make_plan(open_source(str(manifest)), 3, 0, Rules()).groups) == 3  # one per shard at most
+    card = core.write_shards(str(manifest), str(tmp_path / "out"), 8, 0, workers=2)
+    assert card["groups"] == 4 and card["utterances"] == 24

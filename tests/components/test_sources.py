@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -151,9 +152,68 @@ def test_split_groups_is_balanced_and_deterministic() -> None:
 
 
 def test_member_stem_is_safe_for_tars_and_nemo() -> None:
-    assert sources.member_stem("a/b.c/d e.flac") == "a_b_c_d_e"
+    stem = sources.member_stem("a/b.c/d e.flac")
+    assert stem.startswith("a_b_c_d_e-") and len(stem) == len("a_b_c_d_e-") + 16
     assert sources.member_stem("x" * 500) != sources.member_stem("x" * 499)
     assert len(sources.member_stem("x" * 500)) == sources.MAX_MEMBER_STEM
+    for item_id in ("a/b.c/d e.flac", "x" * 500, "é", "a.b", "", "x.flac"):
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,160}", sources.member_stem(item_id)), item_id
+
+
+def test_member_stems_are_injective_and_keep_safe_ids() -> None:
+    """Sanitising used to map a.b and a_b (and x and x.flac, x/y and x_y) to one member name."""
+    # ids that are already safe member names keep them (LibriSpeech ids, most datasets')
+    for item_id in ("a_b", "1089-134686-0000", "utt_001", "X" * sources.MAX_MEMBER_STEM):
+        assert sources.member_stem(item_id) == item_id
+    colliding = [
+        "a.b", "a_b", "a b", "a/b", "a-b", "x", "x.flac", "x.FLAC", "x.wav", "x/y", "x_y", "é", "è",
+        "a_b-0123456789abcdef",  # looks like an escaped stem: escaped itself
+        "y" * 200, "y" * 201, "y" * 143 + "z" * 60,
+    ]  # fmt: skip
+    colliding.append(sources.member_stem("a.b"))  # an id equal to another id's escaped stem
+    stems = [sources.member_stem(item_id) for item_id in colliding]
+    assert len(set(stems)) == len(colliding), stems
+    assert sources.member_stem("a_b-0123456789abcdef") != "a_b-0123456789abcdef"
+
+
+def test_fingerprint_is_the_content_not_the_spelling(
+    tmp_path: Path, bundled_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dir`` and ``/abs/dir`` (and a copy elsewhere) are the same input; other bytes are not."""
+    shutil.copytree(bundled_corpus / "clean", tmp_path / "a" / "clean")
+    shutil.copytree(bundled_corpus / "clean", tmp_path / "b" / "copy")
+    monkeypatch.chdir(tmp_path / "a")
+    relative = sources.open_source("clean")
+    assert relative.uri == str(tmp_path / "a" / "clean")
+    for spelling in (str(tmp_path / "a" / "clean"), "./clean/", str(tmp_path / "b" / "copy")):
+        assert sources.open_source(spelling).fingerprint() == relative.fingerprint(), spelling
+    (tmp_path / "a" / "clean" / "train-00003-of-00004.parquet").unlink()
+    assert sources.open_source("clean").fingerprint() != relative.fingerprint()
+
+    rows = bundled_rows(bundled_corpus, 3)
+    manifest = write_manifest_input(rows, tmp_path / "m", [])
+    first = sources.open_source(str(manifest)).fingerprint()
+    monkeypatch.chdir(tmp_path)
+    assert sources.open_source("m/manifest.json").fingerprint() == first
+    text = manifest.read_bytes()
+    manifest.write_bytes(text.replace(b'"speaker": 1', b'"speaker": 2'))  # same size, other bytes
+    assert len(manifest.read_bytes()) == len(text)
+    assert sources.open_source(str(manifest)).fingerprint() != first
+
+
+def test_dealing_a_manifest_gives_every_item_to_one_group(tmp_path: Path, bundled_corpus: Path) -> None:
+    rows = bundled_rows(bundled_corpus, 10)
+    manifest = write_manifest_input(rows, tmp_path / "set", [b"", b"{broken"])
+    source = sources.open_source(str(manifest))
+    whole = [(item.source, item.id) for item in sources.iter_items(source)]
+    assert len(whole) == 11
+    groups = sources.deal_manifests(source.files, 3)
+    assert groups == sources.deal_manifests(source.files, 3)  # deterministic
+    dealt = [[(item.source, item.id) for item in sources.iter_items(source, parts)] for parts in groups]
+    assert [len(items) for items in dealt] == [4, 4, 3]
+    assert sorted(x for items in dealt for x in items) == sorted(whole)
+    assert dealt[1][0] == whole[1] and dealt[2][1] == whole[5]  # items g, g+3, g+6, ...
+    assert dealt[1][-1][0].endswith(":line 12")  # line numbers count the blank line too
 
 
 def test_export_manifest_of_the_bundled_validation_split(
