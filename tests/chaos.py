@@ -73,9 +73,10 @@ class Target:
     fresh_output: Callable[[str], str]
 
 
-def session_processes(session: int) -> list[int]:
-    """Processes whose session id is ``session`` (field 6 of /proc/PID/stat)."""
-    found = []
+def live_processes() -> dict[int, list[str]]:
+    """Every live process (zombies and dead ones left out): pid -> the fields of
+    /proc/PID/stat after the command name (state, ppid, pgrp, session, …)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -84,9 +85,14 @@ def session_processes(session: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(entry.name))
+        if fields[0] not in ("Z", "X"):
+            found[int(entry.name)] = fields
     return found
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes whose session id is ``session``."""
+    return [pid for pid, fields in live_processes().items() if int(fields[3]) == session]
 
 
 def kill_session(session: int) -> None:

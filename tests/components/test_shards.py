@@ -455,20 +455,13 @@ def _run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
 
 def descendants(pid: int) -> dict[int, str]:
     """Live descendants of ``pid`` (pid -> start time), from /proc."""
+    from tests.chaos import live_processes
+
     children: dict[int, list[int]] = {}
     start: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] in ("Z", "X"):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        start[int(entry.name)] = fields[19]
+    for child, fields in live_processes().items():
+        children.setdefault(int(fields[1]), []).append(child)
+        start[child] = fields[19]
     found, todo = {}, [pid]
     while todo:
         for child in children.get(todo.pop(), []):
