@@ -882,7 +882,12 @@ def make_plan(
     workers: int = 8,
     token: str | None = None,
 ) -> Plan:
-    """List and check everything a download will copy, without copying anything."""
+    """List and check everything a download will copy, without copying anything.
+
+    The hub token defaults to ``HF_TOKEN``; it is never logged.
+    """
+    if token is None:
+        token = os.environ.get("HF_TOKEN") or None
     kind = source_kind(source)
     if kind != "hub" and not storage.is_gcs(source):
         source = os.path.abspath(source)
@@ -913,8 +918,6 @@ def resolve_revision(
     Returns:
         The card: source, dataset, config, split, revision, files and bytes.
     """
-    if token is None:
-        token = os.environ.get("HF_TOKEN") or None
     plan = make_plan(source, config, split, revision, pattern, dataset, workers, token)
     log.info(
         "resolve-revision: %s (config %s, split %s) is at %s",
@@ -972,8 +975,6 @@ def download(
     """
     if workers < 1:
         raise DownloadError(f"--workers must be at least 1, not {workers}")
-    if token is None:
-        token = os.environ.get("HF_TOKEN") or None
     plan = make_plan(source, config, split, revision, pattern, dataset, workers, token)
     if out is None:
         if data_root is None:
