@@ -1,4 +1,5 @@
-# asrflow: `make demo` runs the whole pipeline locally; `make test` runs the tests.
+# asrflow: `make demo` runs the whole pipeline locally; `make test` runs the tests (what CI runs),
+# `make test-fast` the unit tests only (under a minute).
 # Both install first (quick when already installed).
 
 SHELL := /bin/bash
@@ -15,7 +16,7 @@ PYTEST_ARGS ?=
 # pip, without its notes about this machine's extra package indexes that have no such package
 pip_install = set -o pipefail; $(BIN)/python -m pip install -q $(1) 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: install test demo lint bench bench-quality chaos corpus images images-local test-images demo-container lock clean
+.PHONY: install test test-fast architecture demo lint bench bench-quality chaos corpus images images-local test-images demo-container lock clean
 
 install: $(STAMP)
 
@@ -36,6 +37,15 @@ $(STAMP): pyproject.toml requirements.lock
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tests: everything but what tests/conftest.py marks integration (NeMo training, the
+# DAG, the GCS emulator, speech synthesis, killed or raced CLI runs).
+test-fast: install
+	$(BIN)/pytest -m 'not integration and not slow and not gpu and not images' $(PYTEST_ARGS)
+
+# The import graph in ARCHITECTURE.md, from the code (a test fails when it is out of date).
+architecture: install
+	$(BIN)/python -m tests.architecture --write ARCHITECTURE.md
 
 demo: install
 	$(BIN)/asrflow run --local --output-dir demo-output

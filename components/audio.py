@@ -195,6 +195,19 @@ def flac_header(data: bytes) -> tuple[int, int, int] | None:
     return rate, channels, frames
 
 
+def header_seconds(audio: bytes | None) -> float | None:
+    """The duration an audio file's header declares (libsndfile), or None when it has none
+    that reads."""
+    import soundfile as sf
+
+    if not isinstance(audio, bytes) or not audio:
+        return None
+    try:
+        return float(sf.info(io.BytesIO(audio)).duration)
+    except (RuntimeError, sf.LibsndfileError):
+        return None
+
+
 def _decode(audio: bytes) -> Any:
     """All samples as float32 (frames x channels), or a Refusal when decoding fails."""
     import soundfile as sf
@@ -224,6 +237,14 @@ def encode_flac(samples: Any) -> bytes:
     out = io.BytesIO()
     sf.write(out, samples, TARGET_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return out.getvalue()
+
+
+def to_flac(audio: bytes) -> bytes:
+    """Any audio libsndfile reads, as 16 kHz mono 16-bit FLAC."""
+    import soundfile as sf
+
+    samples, rate = sf.read(io.BytesIO(audio), dtype="float32", always_2d=True)
+    return encode_flac(to_mono_16k(samples, rate))
 
 
 def check(

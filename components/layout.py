@@ -5,8 +5,8 @@ reader never spells a name differently from the writer. Under a data root::
 
     datasets/<dataset>/<config>/<split>/<revision>/raw/…       a download
     datasets/<dataset>/<config>/<split>/<revision>/tarred/<settings>/…
-                                                               audio_<i>.tar, tarred_audio_manifest.json,
-                                                               sharded_manifests/manifest_<i>.json, metadata.yaml
+        audio_<i>.tar, tarred_audio_manifest.json, sharded_manifests/manifest_<i>.json,
+        metadata.yaml                                          a tarred dataset
     runs/<run>/checkpoints/…  runs/<run>/model.nemo  runs/<run>/eval/…
     models/<name>/champion.json                                the model in service
 
@@ -55,16 +55,25 @@ def tar_pattern(brace: str) -> str:
     return f"audio_{brace}.tar"
 
 
-def sharded_manifest_name(shard_id: int) -> str:
-    """``sharded_manifests/manifest_<i>.json``: the manifest lines of shard ``i``."""
+def sharded_manifest_name(shard_id: int | str) -> str:
+    """``sharded_manifests/manifest_<i>.json``: the manifest lines of shard ``i`` (or of NeMo's
+    brace range, e.g. ``_OP_0..N_CL_``)."""
     return f"{SHARDED_MANIFESTS_DIR}/manifest_{shard_id}.json"
 
+
+# --- tokenizers and language models -----------------------------------------------------------
+TOKENIZER_MODEL_NAME = "tokenizer.model"
+"""The SentencePiece model inside a tokenizer directory."""
+LM_ARPA_NAME = "lm.arpa"
+LM_NEMO_NAME = "lm.nemo"
+"""An n-gram language model, as ARPA text and as NeMo's ``.nemo`` n-gram."""
 
 # --- runs and models ------------------------------------------------------------------------
 RUNS_DIR = "runs"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_NAME = "model.nemo"
 """The trained model of a run."""
+TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"
 MODELS_DIR = "models"
 CHAMPION_NAME = "champion.json"

@@ -15,8 +15,9 @@ from components.buckets.component import estimate_buckets
 from components.download.component import download, prepare_eval_set, resolve_revision
 from components.evaluate.component import evaluate
 from components.shard.component import merge_shards, plan_shard_groups, write_shard_group
-from components.train.component import launch_trainjob, train
+from components.train.component import train
 from pipelines import placement
+from pipelines.launch_trainjob import launch_trainjob
 
 PIPELINE_NAME = "asrflow-asr-training"
 
@@ -36,6 +37,20 @@ LIBRISPEECH_DEV_CLEAN = {
     **LIBRISPEECH_COLUMNS,
 }
 LIBRISPEECH_TEST_CLEAN = {**LIBRISPEECH_DEV_CLEAN, "name": "librispeech-test-clean", "split": "test"}
+
+# The pipeline's parameters that training takes as they are: pipeline name -> the field of
+# components.train.settings.TrainSettings (and the training components' parameter). Their
+# types follow the settings (a test checks it); their defaults are the pipeline's own.
+TRAINING_PARAMETERS = {
+    "model_config": "config",
+    "max_steps": "max_steps",
+    "checkpoint_every": "checkpoint_every",
+    "train_overrides": "overrides",
+    "seed": "seed",
+    "num_nodes": "num_nodes",
+    "max_bad_shards": "max_bad_shards",
+    "stall_timeout": "stall_timeout",
+}
 
 
 def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: bool = False):
@@ -82,6 +97,8 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         checkpoint_every: int = 1000,
         train_overrides: list = [],  # noqa: B006 (KFP default)
         num_nodes: int = 1,
+        max_bad_shards: int = 0,
+        stall_timeout: float = 30.0,
         champion_name: str = "",
         max_wer: float = 0.9,
     ) -> dsl.Artifact:
@@ -112,12 +129,17 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             checkpoint_every: steps between checkpoints (a preempted run loses at most these).
             train_overrides: extra NeMo config overrides, key=value.
             num_nodes: training nodes; above 1 a Kubeflow Trainer TrainJob runs training.
+            max_bad_shards: damaged shards training may do without (listed in its card); one
+                more fails training, naming the shard.
+            stall_timeout: minutes without a training or validation batch before training
+                fails (0: never).
             champion_name: the model in service, models/NAME/champion.json under data_root:
                 the new model replaces it only when its mean WER is lower. Empty: no
                 comparison, no promotion.
             max_wer: promotion ceiling: a model whose mean WER is above it (0.9 = 90%) is
                 never promoted, even when there is no champion yet.
         """
+        arguments = dict(locals())
         dataset_label = "train"
 
         # Not cached: it resolves the revision to a commit SHA (or a content hash). The
@@ -178,17 +200,13 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         train_args = dict(
             tarred_dir=shards.outputs["out_dir"],
             val_manifest=validation.outputs["manifest"],
-            config=model_config,
             data_root=data_root,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            max_steps=max_steps,
-            checkpoint_every=checkpoint_every,
-            overrides=train_overrides,
-            seed=seed,
             bucket_bins=bins.outputs["Output"],  # an input, not a file another step may rewrite
+            **{setting: arguments[name] for name, setting in TRAINING_PARAMETERS.items()},
         )
         with dsl.If(num_nodes > 1, name="multi-node"):
-            multi = launch_trainjob(**train_args, num_nodes=num_nodes, gpu=gpu)
+            multi = launch_trainjob(**train_args, gpu=gpu, precision=pool.precision)
             placement.place_launcher_step(multi, "train", dataset_label)
         with dsl.Else(name="one-node"):
             single = train(**train_args, devices=gpus, precision="" if local else pool.precision)

@@ -148,13 +148,19 @@ def run_local(
 
 def wer_table(eval_card: dict[str, Any]) -> str:
     """A plain-text WER/CER table, one row per eval set."""
-    rows = [("set", "utterances", "WER", "CER")]
-    for name, figures in sorted(eval_card["sets"].items()):
-        rows.append((name, str(figures["num_utterances"]), f"{figures['wer']:.1%}", f"{figures['cer']:.1%}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    from tabulate import tabulate
+
+    rows = [
+        (name, figures["num_utterances"], f"{figures['wer']:.1%}", f"{figures['cer']:.1%}")
+        for name, figures in sorted(eval_card["sets"].items())
+    ]
+    return tabulate(
+        rows,
+        headers=("set", "utterances", "WER", "CER"),
+        tablefmt="simple",
+        colalign=("left", "right", "right", "right"),
+        disable_numparse=True,
+    )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ TRAINER_CONTAINER = "node"  # the trainer container and replicated job in our Tr
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 MANAGER = "asrflow.dev/pipeline"
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+"""Where a pod finds its own namespace (the service account token's mount)."""
 
 # The failure policy of manifests/base/training-runtime.yaml (declared here, checked equal
 # there by tests/pipelines/test_manifests.py; the YAML's comment cites JobSet v0.12.0, which
@@ -48,6 +50,12 @@ REQUIRED_RBAC = frozenset(
     | {("", "pods", verb) for verb in ("get", "list", "watch")}
     | {("", "pods/log", "get")}
 )
+
+
+def pod_namespace() -> str:
+    """The namespace this pod runs in: the KFP run's, where its TrainJob goes."""
+    with open(NAMESPACE_FILE, encoding="utf-8") as stream:
+        return stream.read().strip()
 
 
 def trainjob_name(run_id: str, step: str = "train") -> str:

@@ -38,8 +38,8 @@ def make_data(workdir: Path, hours: float, train_ds: Any) -> tuple[Path, Path, P
     """
     from components import storage
     from components.buckets.core import estimate_buckets
+    from components.export import export_manifest
     from components.shard.core import write_shards
-    from components.sources import export_manifest
     from tests.corpus.generate import generate_corpus
 
     corpus = workdir / "corpus"
@@ -71,7 +71,8 @@ def untrained_model(path: Path, config: str, overrides: list[str]) -> Path:
     if not path.exists():
         import lightning.pytorch as pl
 
-        from components.train.core import build_model, load_config
+        from components.train.config import load_config
+        from components.train.model import build_model
 
         cfg = load_config(config, overrides)
         pl.seed_everything(int(cfg.asrflow.seed), verbose=False)
@@ -83,19 +84,17 @@ def train(
     tarred: Path, validation: Path, run_dir: Path, config: str, steps: int, overrides: list[str]
 ) -> dict[str, Any]:
     """``asrflow train`` as a user runs it; its log goes to RUN_DIR.log and to our stderr."""
-    command = [
-        str(Path(sys.executable).with_name("asrflow")),
-        "train",
-        str(tarred),
-        "--val",
-        str(validation),
-        "--config",
-        config,
-        "--run-dir",
-        str(run_dir),
-        f"trainer.max_steps={steps}",
-        *overrides,
-    ]
+    from components.train.settings import TrainSettings
+
+    settings = TrainSettings(
+        tarred_dir=str(tarred),
+        val_manifest=str(validation),
+        run_dir=str(run_dir),
+        config=config,
+        max_steps=steps,
+        overrides=overrides,
+    )
+    command = [str(Path(sys.executable).with_name("asrflow")), "train", *settings.to_argv()]
     log.info("running: %s", " ".join(command))
     with open(run_dir.with_suffix(".log"), "a") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the cleanups
-    from components.train.core import load_config
+    from components.train.config import load_config
 
     train_ds = load_config(args.config, args.overrides).model.train_ds
     with tempfile.TemporaryDirectory(prefix="asrflow-bench-quality-") as tmp:

@@ -208,8 +208,8 @@ def make_targets(work: Path, bucket: str) -> list[Target]:
 
 
 def prepare_training_data(work: Path) -> None:
+    from components.export import export_manifest
     from components.shard.core import write_shards
-    from components.sources import export_manifest
 
     write_shards(f"{BUNDLED}/clean", str(work / "train-shards"), 4, 0)
     export_manifest(f"{BUNDLED}/validation", str(work / "val"))

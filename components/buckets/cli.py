@@ -92,6 +92,7 @@ def estimate_buckets(
     Example: asrflow estimate-buckets data/tarred --num-buckets 30 --batch-duration 600
     """
     from components.buckets import core
+    from components.buckets.card import BucketsCard
 
     card = core.estimate_buckets(
         tarred_dir,
@@ -105,6 +106,6 @@ def estimate_buckets(
         max_reject_fraction=max_reject_fraction,
         write_metadata=write_metadata,
     )
-    for line in core.summary_lines(card):
+    for line in BucketsCard.from_dict(card).summary_lines():
         click.echo(line)
     click.echo(json.dumps(card, sort_keys=True, ensure_ascii=False))

@@ -39,6 +39,7 @@ def estimate_buckets(
 
     from components import storage
     from components.buckets import core
+    from components.buckets.card import BucketsCard
 
     result = core.estimate_buckets(
         tarred_dir,
@@ -52,7 +53,7 @@ def estimate_buckets(
         json.dump(result, out, sort_keys=True, indent=2)
     card.metadata.update({key: result[key] for key in ("num_buckets", "max_duration", "out_dir")})
     png = base64.b64encode(storage.read_bytes(result["histogram"])).decode("ascii")
-    lines = "<br>".join(html.escape(line) for line in core.summary_lines(result))
+    lines = "<br>".join(html.escape(line) for line in BucketsCard.from_dict(result).summary_lines())
     with open(histogram.path, "w", encoding="utf-8") as out:
         out.write(f'<html><body><img src="data:image/png;base64,{png}">')
         out.write(f"<p><code>{lines}</code></p></body></html>")

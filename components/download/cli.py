@@ -6,6 +6,9 @@ import json
 
 import click
 
+from components.columns import DEFAULT_COLUMNS, DURATION_CANDIDATES, MILLISECONDS_SUFFIX
+from components.download.data_files import DEFAULT_SPLIT
+
 
 def source_options(command):
     """The options that say which data SOURCE means: config, split, revision, pattern, dataset."""
@@ -17,7 +20,7 @@ def source_options(command):
             "default].",
         ),
         click.option(
-            "--split", default="train", show_default=True, help="Split: train, validation, test, ..."
+            "--split", default=DEFAULT_SPLIT, show_default=True, help="Split: train, validation, test, ..."
         ),
         click.option(
             "--revision",
@@ -69,7 +72,7 @@ def resolve_revision(
         card = core.resolve_revision(source, config, split, revision, pattern, dataset)
     except (core.DownloadError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(json.dumps(card, sort_keys=True, ensure_ascii=False))
+    click.echo(json.dumps(card.to_dict(), sort_keys=True, ensure_ascii=False))
 
 
 @click.command("download")
@@ -86,14 +89,24 @@ def resolve_revision(
 @click.option(
     "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Files copied at once."
 )
-@click.option("--id-column", default="id", show_default=True, help="Parquet column with the utterance id.")
-@click.option("--audio-column", default="audio", show_default=True, help="Parquet column with the audio.")
-@click.option("--text-column", default="text", show_default=True, help="Parquet column with the transcript.")
+@click.option(
+    "--id-column", default=DEFAULT_COLUMNS.id, show_default=True, help="Parquet column with the utterance id."
+)
+@click.option(
+    "--audio-column", default=DEFAULT_COLUMNS.audio, show_default=True, help="Parquet column with the audio."
+)
+@click.option(
+    "--text-column",
+    default=DEFAULT_COLUMNS.text,
+    show_default=True,
+    help="Parquet column with the transcript.",
+)
 @click.option(
     "--duration-column",
     default=None,
-    help="Parquet column with the duration, in seconds, or milliseconds when the name ends "
-    "in _ms [default: duration_ms or duration when present, else read from the audio headers].",
+    help=f"Parquet column with the duration, in seconds, or milliseconds when the name ends in "
+    f"{MILLISECONDS_SUFFIX} [default: {' or '.join(DURATION_CANDIDATES)} when present, else read from "
+    "the audio headers].",
 )
 @click.option("--max-mbps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on MB/s.")
 def download(
@@ -134,12 +147,11 @@ def download(
           --out /data/ls-test-clean
       asrflow download tests/data/peoples_speech --config clean --split validation --out /tmp/dev
     """
+    from components.columns import Columns
     from components.download import core
     from components.manifest import ManifestError
 
-    columns = core.Columns(
-        id=id_column, audio=audio_column, text=text_column, duration=duration_column or None
-    )
+    columns = Columns.from_options(id_column, audio_column, text_column, duration_column or "")
     try:
         card = core.download(
             source,
@@ -156,4 +168,4 @@ def download(
         )
     except (core.DownloadError, ManifestError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(json.dumps(card, sort_keys=True, ensure_ascii=False))
+    click.echo(json.dumps(card.to_dict(), sort_keys=True, ensure_ascii=False))

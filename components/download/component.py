@@ -45,9 +45,9 @@ def resolve_revision(
         source, config or None, split, revision or None, pattern or None, dataset or None
     )
     with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(result, out, sort_keys=True, indent=2)
-    card.metadata.update(revision=result["revision"], files=result["num_files"])
-    return result["revision"]
+        json.dump(result.to_dict(), out, sort_keys=True, indent=2)
+    card.metadata.update(revision=result.revision, files=result.num_files)
+    return result.revision
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
@@ -97,6 +97,7 @@ def download(
     """
     import json
 
+    from components.columns import Columns
     from components.download import core
     from components.progress import setup_logging
 
@@ -109,19 +110,19 @@ def download(
         split=split,
         revision=revision or None,
         workers=workers,
-        columns=core.Columns(id_column, audio_column, text_column, duration_column or None),
+        columns=Columns.from_options(id_column, audio_column, text_column, duration_column),
         pattern=pattern or None,
         dataset=dataset or None,
     )
     with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(result, out, sort_keys=True, indent=2)
-    card.metadata["uri"] = result["out"]
-    card.metadata["revision"] = result["revision"]
-    metrics.log_metric("hours", result["hours"])
-    metrics.log_metric("rows", result["rows"])
-    metrics.log_metric("files", result["num_files"])
-    metrics.log_metric("gigabytes", round(result["bytes"] / 1e9, 3))
-    return result["out"]
+        json.dump(result.to_dict(), out, sort_keys=True, indent=2)
+    card.metadata["uri"] = result.out_dir
+    card.metadata["revision"] = result.revision
+    metrics.log_metric("hours", result.hours)
+    metrics.log_metric("rows", result.rows)
+    metrics.log_metric("files", result.num_files)
+    metrics.log_metric("gigabytes", round(result.bytes / 1e9, 3))
+    return result.out_dir
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
@@ -147,8 +148,10 @@ def prepare_eval_set(
     import json
     from collections import namedtuple
 
-    from components import sources, storage
+    from components import storage
+    from components.columns import Columns
     from components.download import core
+    from components.export import export_manifest
     from components.progress import setup_logging
 
     setup_logging()
@@ -160,18 +163,18 @@ def prepare_eval_set(
         config=spec.get("config") or None,
         split=spec.get("split") or "test",
         revision=spec.get("revision") or None,
-        columns=core.Columns(
-            spec.get("id_column") or "id",
-            spec.get("audio_column") or "audio",
-            spec.get("text_column") or "text",
-            spec.get("duration_column") or None,
+        columns=Columns.from_options(
+            spec.get("id_column") or "",
+            spec.get("audio_column") or "",
+            spec.get("text_column") or "",
+            spec.get("duration_column") or "",
         ),
         pattern=spec.get("pattern") or None,
     )
-    manifest = sources.export_manifest(result["out"], storage.join(storage.parent(result["out"]), "manifest"))
-    name = spec.get("name") or f"{result['dataset']}-{result['split']}"
-    result["manifest"] = manifest
+    beside = storage.join(storage.parent(result.out_dir), "manifest")
+    manifest = export_manifest(result.out_dir, beside)
+    name = spec.get("name") or f"{result.dataset}-{result.split}"
     with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(result, out, sort_keys=True, indent=2)
-    card.metadata.update(uri=manifest, name=name, hours=result["hours"])
+        json.dump({**result.to_dict(), "manifest": manifest}, out, sort_keys=True, indent=2)
+    card.metadata.update(uri=manifest, name=name, hours=result.hours)
     return namedtuple("Outputs", ["eval_set", "manifest"])(f"{name}={manifest}", manifest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from components.evaluate.core import DEFAULT_MAX_WER
+from components.evaluate.champion import DEFAULT_MAX_WER
 
 
 @click.command("evaluate")

@@ -44,30 +44,33 @@ def evaluate(
     """
     import json
 
-    from components import storage
+    from components import layout, storage
     from components.evaluate import core
+    from components.evaluate.card import EvaluateCard
+    from components.evaluate.sets import eval_set_specs
 
-    out_dir = core.run_eval_dir(data_root, run_id)
+    out_dir = layout.run_eval_dir(data_root, run_id)
     result = core.evaluate(
         model_uri,
-        core.eval_set_specs(([validation_set] if validation_set else []) + list(eval_sets)),
+        eval_set_specs(([validation_set] if validation_set else []) + list(eval_sets)),
         out_dir,
         champion_uri=champion_uri
-        or (core.champion_uri_for(data_root, champion_name) if champion_name else None),
+        or (layout.champion_uri(data_root, champion_name) if champion_name else None),
         batch_size=batch_size,
         min_improvement=min_improvement,
         max_wer=max_wer,
     )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)
+    found = EvaluateCard.from_dict(result)
     card.metadata.update(
-        uri=out_dir,
-        mean_wer=result["mean_wer"],
-        promoted=bool(result["champion"] and result["champion"]["promoted"]),
+        uri=found.out_dir,
+        mean_wer=found.mean_wer,
+        promoted=bool(found.champion and found.champion["promoted"]),
     )
-    for name, figures in result["sets"].items():
+    for name, figures in found.sets.items():
         metrics.log_metric(f"{name}_wer", figures["wer"])
         metrics.log_metric(f"{name}_cer", figures["cer"])
-    metrics.log_metric("mean_wer", result["mean_wer"])
+    metrics.log_metric("mean_wer", found.mean_wer)
     with open(report.path, "w", encoding="utf-8") as out:
-        out.write(storage.read_text(result["report"]))
+        out.write(storage.read_text(found.report))

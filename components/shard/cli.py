@@ -68,7 +68,7 @@ def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str | None
     "--group",
     callback=_parse_group,
     metavar="I/G",
-    help="Write only group I of G (one task of a fan-out) and print its stats; merge with --merge.",
+    help="Write only group I of G (one task of a fan-out) and print its card; merge with --merge.",
 )
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge groups written earlier with --group.")
 def write_shards(

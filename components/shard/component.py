@@ -27,9 +27,9 @@ def plan_shard_groups(input_dir: str, max_groups: int) -> list:
     Returns:
         The group specifiers, one per write_shard_group task.
     """
-    from components.shard import core
+    from components.shard.plan import group_specs
 
-    return core.group_specs(input_dir, max_groups)
+    return group_specs(input_dir, max_groups)
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
@@ -48,13 +48,13 @@ def write_shard_group(
     """Validate one group of input files and write its range of NeMo tarred shards.
 
     Args:
-        download_card: the download step's card; its ``out`` is the input read (an artifact,
+        download_card: the download step's card; its ``out_dir`` is the input read (an artifact,
             not a string: a loop body then needs no upstream parameter, which ``kfp.local``
             would replace with the loop item).
         group: ``"I/G"`` from plan_shard_groups.
         num_shards: shards of the whole dataset (group I writes shards I*N//G .. (I+1)*N//G-1).
         seed: seed of the assignment of utterances to shards.
-        card: this group's stats (utterances, hours, rejects by reason, its settings).
+        card: this group's card (utterances, seconds, rejects by reason, its settings).
         out_dir: where the shards go; empty: beside the input (…/tarred/<settings>).
         min_duration: shortest utterance kept, seconds.
         max_duration: longest utterance kept, seconds; 0 for no limit.
@@ -64,10 +64,11 @@ def write_shard_group(
     import json
 
     from components.audio import Rules
+    from components.download.card import DownloadCard
     from components.shard import core
 
     with open(download_card.path, encoding="utf-8") as stream:
-        input_dir = json.load(stream)["out"]
+        input_dir = DownloadCard.from_dict(json.load(stream), where=download_card.path).out_dir
     index, count = (int(part) for part in group.split("/"))
     rules = Rules(
         min_duration=min_duration,
@@ -75,12 +76,12 @@ def write_shard_group(
         resample=resample,
         full_decode=full_decode,
     )
-    stats = core.write_shards(
+    group_card = core.write_shards(
         input_dir, out_dir or None, num_shards, seed, rules=rules, groups=count, group=index
     )
     with open(card.path, "w", encoding="utf-8") as out:
-        json.dump(stats, out, sort_keys=True, indent=2)
-    card.metadata.update({"utterances": stats["utterances"], "out_dir": stats["out_dir"]})
+        json.dump(group_card, out, sort_keys=True, indent=2)
+    card.metadata.update({"utterances": group_card["utterances"], "out_dir": group_card["out_dir"]})
 
 
 @dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
@@ -106,11 +107,11 @@ def merge_shards(
 
     from components.shard import core
 
-    stats = []
+    groups = []
     for artifact in group_cards:
         with open(artifact.path, encoding="utf-8") as stream:
-            stats.append(json.load(stream))
-    result = core.merge_groups(input_dir, stats, max_reject_fraction)
+            groups.append(json.load(stream))
+    result = core.merge_groups(input_dir, groups, max_reject_fraction)
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)
     card.metadata.update({key: result[key] for key in ("utterances", "hours", "rejected", "out_dir")})

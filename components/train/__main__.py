@@ -1,10 +1,10 @@
-"""``python -m components.train train …``: the ``asrflow`` command line without its script.
+"""``python -m components.train train …``: the training commands without the ``asrflow`` script.
 
-KFP tasks start training this way (see ``core.run_asrflow``); Lightning re-runs the same
-``-m`` command for the other DDP ranks.
+KFP tasks start training this way (:func:`components.train.launch.run_training_process`);
+Lightning re-runs the same ``-m`` command for the other DDP ranks.
 """
 
-from pipelines.cli import main
+from components.train.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,113 +1,100 @@
-"""``asrflow train`` and ``asrflow train-tokenizer``: forward to :mod:`components.train.core`."""
+"""``asrflow train`` and ``asrflow train-tokenizer``: forward to :mod:`components.train.core`.
+
+The options of ``asrflow train`` are made from the fields of
+:class:`~components.train.settings.TrainSettings` (:func:`settings_parameters`), so the
+command line, the settings and the arguments a KFP task passes
+(:meth:`~components.train.settings.TrainSettings.to_argv`) cannot drift apart.
+
+``python -m components.train`` is :data:`main`: these commands under the same error
+handling as ``asrflow``; KFP tasks start training that way, and Lightning re-runs the same
+command for the other DDP ranks.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+from typing import Any
 
 import click
 
-PRECISIONS = ["32", "16-mixed", "bf16-mixed", "32-true", "bf16-true", "16-true"]
+from components.cli_errors import asrflow_group
+from components.train.errors import TrainError
+from components.train.settings import TrainSettings, flag, item_type, value_type
 
 
-@click.command("train", context_settings={"ignore_unknown_options": False})
-@click.argument("tarred_dir")
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option(
-    "--val",
-    "val_manifest",
-    required=True,
-    metavar="MANIFEST",
-    help="NeMo manifest validated on during training (local or gs://; relative audio paths are "
-    "resolved against its directory).",
-)
-@click.option(
-    "--config",
-    default="conformer_ctc_char",
-    show_default=True,
-    metavar="NAME|YAML",
-    help="A shipped config (conformer_ctc_char, conformer_ctc_bpe, small, tiny) or a YAML file.",
-)
-@click.option(
-    "--run-dir",
-    required=True,
-    metavar="DIR",
-    help="The run's directory (local or gs://): checkpoints/, tensorboard/, model.nemo, card.json. "
-    "A rerun with the same DIR resumes from its newest complete checkpoint.",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Steps between checkpoints (default: asrflow.checkpoint_every in the config).",
-)
-@click.option(
-    "--init-from",
-    metavar="MODEL.nemo",
-    help="Start from this model's weights (local or gs://): fine-tuning. Ignored on resume.",
-)
-@click.option("--freeze-encoder", is_flag=True, help="Train the decoder only; the encoder stays as loaded.")
-@click.option(
-    "--tokenizer",
-    "tokenizer_dir",
-    metavar="DIR",
-    help="SentencePiece directory from train-tokenizer, for a BPE config (model.tokenizer.dir).",
-)
-@click.option(
-    "--devices",
-    type=click.IntRange(min=1),
-    help="Processes per node: GPUs, or CPU processes (DDP over gloo). Default: torchrun's "
-    "LOCAL_WORLD_SIZE, else all GPUs, else 1.",
-)
-@click.option(
-    "--num-nodes",
-    type=click.IntRange(min=1),
-    help="Nodes (default: from torchrun's WORLD_SIZE / LOCAL_WORLD_SIZE, else 1).",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    help="Default by hardware: bf16-mixed on A100 and newer, 16-mixed on V100, 32 on CPU.",
-)
-@click.option(
-    "--max-bad-shards",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    metavar="N",
-    help="Damaged shards (found before training, or unreadable during it) that training may do "
-    "without; they are listed in the card. One more fails the run, naming the shard.",
-)
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=0),
-    default=30.0,
-    show_default=True,
-    metavar="MINUTES",
-    help="Fail the run when no training or validation batch arrives for this long (0: never).",
-)
-def train(
-    tarred_dir: str,
-    overrides: tuple[str, ...],
-    val_manifest: str,
-    config: str,
-    run_dir: str,
-    checkpoint_every: int | None,
-    init_from: str | None,
-    freeze_encoder: bool,
-    tokenizer_dir: str | None,
-    devices: int | None,
-    num_nodes: int | None,
-    precision: str | None,
-    max_bad_shards: int,
-    stall_timeout: float,
-) -> None:
+class CommaList(click.ParamType):
+    """Values separated by commas, each of one type: ``1.5,3,7.25`` for numbers."""
+
+    name = "list"
+
+    def __init__(self, item: type) -> None:
+        self.item = item
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        try:
+            return tuple(self.item(item) for item in str(value).split(",") if item.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {self.item.__name__} values", param, ctx)
+
+
+def settings_parameters(cls: type) -> list[click.Parameter]:
+    """The click arguments and options of a settings dataclass, one per field, in field order.
+
+    A field's :class:`~components.train.settings.Option` gives its flag, help, metavar,
+    bounds (shown and checked by click's ranges and choices; the settings check them again
+    for every other caller), and whether it is an argument.
+    """
+    params: list[click.Parameter] = []
+    for field in dataclasses.fields(cls):
+        how = field.metadata["option"]
+        kind = value_type(cls, field)
+        required = field.default is dataclasses.MISSING
+        if how.positional:
+            variadic = kind is tuple
+            params.append(
+                click.Argument(
+                    [field.name], nargs=-1 if variadic else 1, required=required, metavar=how.metavar
+                )
+            )
+            continue
+        attrs: dict[str, Any] = {"help": how.help, "metavar": how.metavar, "required": required}
+        if kind is bool:
+            attrs.update(is_flag=True, default=field.default)
+        else:
+            attrs["type"] = _click_type(cls, field)
+            if not required:
+                attrs["default"] = field.default
+                attrs["show_default"] = field.default not in (None, ())
+        params.append(click.Option([flag(field), field.name], **attrs))
+    return params
+
+
+def _click_type(cls: type, field: dataclasses.Field) -> click.ParamType:
+    how, kind = field.metadata["option"], value_type(cls, field)
+    if how.choices:
+        return click.Choice(how.choices)
+    if kind is int:
+        return click.IntRange(min=how.min) if how.min is not None else click.INT
+    if kind is float:
+        return click.FloatRange(min=how.min) if how.min is not None else click.FLOAT
+    if kind is tuple:
+        return CommaList(item_type(cls, field))
+    return click.STRING
+
+
+def _train(**values: Any) -> None:
     """Train a NeMo Conformer-CTC model on TARRED_DIR (from write-shards) to trainer.max_steps.
 
     TARRED_DIR is local or gs://; shards on gs:// are streamed into NeMo's Lhotse reader
     through a pipe: command (python -m components.train.cat), never copied whole.
 
     KEY=VALUE items override the config (OmegaConf dotlist), e.g. trainer.max_steps=20000
-    model.optim.lr=1.5 model.train_ds.batch_duration=900. Multi-node: run under torchrun
+    model.optim.lr=1.5 model.train_ds.batch_duration=900; they win over the options that set
+    config keys (--max-steps, --seed, --bucket-bins). Multi-node: run under torchrun
     (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK, NODE_RANK come from it).
 
     Every shard is checked before training (sizes, tar headers); a damaged one fails the run
@@ -119,31 +106,26 @@ def train(
     --stall-timeout). The card is printed as the last line of stdout.
     """
     from components.train.callbacks import Preempted
-    from components.train.core import TrainError
     from components.train.core import train as run_train
 
     try:
-        run_train(
-            tarred_dir,
-            val_manifest,
-            run_dir,
-            config=config,
-            overrides=overrides,
-            checkpoint_every=checkpoint_every,
-            init_from=init_from,
-            freeze_encoder=freeze_encoder,
-            tokenizer_dir=tokenizer_dir,
-            devices=devices,
-            num_nodes=num_nodes,
-            precision=precision,
-            max_bad_shards=max_bad_shards,
-            stall_timeout=stall_timeout * 60,
-        )
+        run_train(TrainSettings(**values))
     except Preempted as err:
         click.echo(f"asrflow train: {err}", err=True)
         sys.exit(err.exit_code)
     except TrainError as err:
         raise click.ClickException(str(err)) from None
+
+
+train = click.Command(
+    "train", callback=_train, params=settings_parameters(TrainSettings), help=inspect.cleandoc(_train.__doc__)
+)
+
+
+def parse_train_args(args: list[str]) -> TrainSettings:
+    """The settings ``asrflow train ARGS`` runs with (what a child process will parse)."""
+    with train.make_context("train", list(args)) as ctx:
+        return TrainSettings(**ctx.params)
 
 
 @click.command("train-tokenizer")
@@ -178,10 +160,18 @@ def train_tokenizer(source: str, out: str, vocab_size: int, model_type: str, see
     manifest, local or gs://. Texts get the shared normalisation first. DIR receives
     tokenizer.model, vocab.txt, card.json and _SUCCESS; pass it to train as --tokenizer DIR.
     """
-    from components.train.core import TrainError
-    from components.train.core import train_tokenizer as run
+    from components.train.tokenizer import train_tokenizer as run
 
     try:
         run(source, out, vocab_size=vocab_size, model_type=model_type, seed=seed)
     except TrainError as err:
         raise click.ClickException(str(err)) from None
+
+
+@asrflow_group("python -m components.train")
+def main() -> None:
+    """asrflow's training commands, as KFP tasks and DDP ranks run them (asrflow train … is the same)."""
+
+
+main.add_command(train)
+main.add_command(train_tokenizer)

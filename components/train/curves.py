@@ -8,7 +8,10 @@ import io
 import tempfile
 from pathlib import Path
 
-from components import storage
+from components import layout, storage
+
+TENSORBOARD_DIR = layout.TENSORBOARD_DIR
+"""Where a run's TensorBoard events go: ``RUN_DIR/tensorboard``."""
 
 PANELS = (
     ("train_loss", "train loss"),
@@ -60,7 +63,7 @@ def curves_png(scalars: dict[str, list[tuple[int, float]]], title: str) -> bytes
 
 def curves_html(run_dir: str) -> str:
     """An HTML page with the run's loss, validation WER, learning rate and throughput."""
-    scalars = read_scalars(storage.join(run_dir, "tensorboard"))
+    scalars = read_scalars(storage.join(run_dir, TENSORBOARD_DIR))
     png = base64.b64encode(curves_png(scalars, f"training curves: {run_dir}")).decode("ascii")
     return (
         "<html><body>"

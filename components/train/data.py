@@ -44,12 +44,19 @@ from typing import Any
 
 import yaml
 
-from components import manifest, storage
+from components import layout, manifest, storage
 
 log = logging.getLogger("asrflow.train")
 
-_TAR = re.compile(r"audio_(\d+)\.tar$")
-_SHARD_MANIFEST = re.compile(r"manifest_(\d+)\.json$")
+
+def _id_regex(name: str, token: str) -> re.Pattern[str]:
+    """A regex for the layout's file name ``name`` (made with ``token`` as the shard id) that
+    captures the id."""
+    return re.compile(re.escape(storage.basename(name)).replace(re.escape(token), r"(\d+)") + "$")
+
+
+_TAR = _id_regex(layout.tar_pattern("ID"), "ID")
+_SHARD_MANIFEST = _id_regex(layout.sharded_manifest_name("ID"), "ID")
 # How NeMo finds the shard id in a specifier (nemo_adapters.py, LazyNeMoTarredIterator.__init__)
 _NEMO_TAR_ID = re.compile(r"audio[^/]*_(\d+)[^/]*\.tar")
 _NEMO_MANIFEST_ID = re.compile(r"manifest[^/]*_(\d+)[^/]*\.json")
@@ -203,9 +210,8 @@ class TarredDataset:
         if bins is None:
             return None
         if not isinstance(bins, list) or not bins or not all(isinstance(b, (int, float)) for b in bins):
-            raise DataError(
-                f"{storage.join(self.uri, 'metadata.yaml')}: bucket_duration_bins must be a list of numbers"
-            )
+            where = storage.join(self.uri, layout.METADATA_NAME)
+            raise DataError(f"{where}: bucket_duration_bins must be a list of numbers")
         return [float(b) for b in bins]
 
     def hours(self) -> float | None:
@@ -226,7 +232,7 @@ class TarredDataset:
         return seconds / 3600
 
     def tar_uri(self, shard_id: int) -> str:
-        return storage.join(self.uri, f"audio_{shard_id}.tar")
+        return storage.join(self.uri, layout.tar_name(shard_id))
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -265,7 +271,7 @@ def open_tarred_dataset(uri: str, local_dir: str, max_bad_shards: int = 0) -> Ta
             if (m := _TAR.search(storage.basename(f.uri))) and storage.parent(f.uri) == uri.rstrip("/")
         }
         manifests = _shard_ids(
-            storage.list_files(storage.join(uri, "sharded_manifests"), ".json"), _SHARD_MANIFEST
+            storage.list_files(storage.join(uri, layout.SHARDED_MANIFESTS_DIR), ".json"), _SHARD_MANIFEST
         )
     except FileNotFoundError as err:
         raise DataError(f"{uri}: not a NeMo tarred dataset ({err})") from None
@@ -276,9 +282,10 @@ def open_tarred_dataset(uri: str, local_dir: str, max_bad_shards: int = 0) -> Ta
         raise DataError(f"{uri}: shard ids must be 0..{len(tars) - 1}, found {tars[:10]}…")
     if manifests != tars:
         missing = sorted(set(tars) - set(manifests))
-        raise DataError(f"{uri}/sharded_manifests: no manifest_<i>.json for shard(s) {missing[:10]}")
+        where = storage.join(uri, layout.SHARDED_MANIFESTS_DIR)
+        raise DataError(f"{where}: no manifest_<i>.json for shard(s) {missing[:10]}")
     n = len(tars)
-    metadata_uri = storage.join(uri, "metadata.yaml")
+    metadata_uri = storage.join(uri, layout.METADATA_NAME)
     metadata: dict[str, Any] = {}
     if storage.exists(metadata_uri):
         loaded = yaml.safe_load(storage.read_text(metadata_uri))
@@ -288,14 +295,14 @@ def open_tarred_dataset(uri: str, local_dir: str, max_bad_shards: int = 0) -> Ta
     if storage.is_gcs(uri):
         local_dir = os.path.abspath(local_dir)
         check_nemo_path(local_dir, "local scratch directory (ASRFLOW_SCRATCH or the run directory)")
-        manifest_dir = str(Path(local_dir, "sharded_manifests"))
+        manifest_root = local_dir
         for i in range(n):
-            target = Path(manifest_dir, f"manifest_{i}.json")
+            target = Path(local_dir, layout.sharded_manifest_name(i))
             if not target.exists():
-                storage.download_file(storage.join(uri, "sharded_manifests", f"manifest_{i}.json"), target)
+                storage.download_file(storage.join(uri, layout.sharded_manifest_name(i)), target)
     else:
-        manifest_dir = str(Path(uri, "sharded_manifests"))
-    manifest_paths = tuple(str(Path(manifest_dir, f"manifest_{i}.json")) for i in range(n))
+        manifest_root = uri
+    manifest_paths = tuple(str(Path(manifest_root, layout.sharded_manifest_name(i))) for i in range(n))
 
     bad = check_shards([tar_files[i] for i in range(n)], manifest_paths, metadata)
     bad_ids = {b.shard_id for b in bad}
@@ -318,14 +325,14 @@ def open_tarred_dataset(uri: str, local_dir: str, max_bad_shards: int = 0) -> Ta
             )
     ids = [i for i in range(n) if i not in bad_ids]
     brace = _brace_ids(ids)
-    manifest_spec = str(Path(manifest_dir, f"manifest_{brace}.json"))
+    manifest_spec = str(Path(manifest_root, layout.sharded_manifest_name(brace)))
     manifests_meant = [manifest_paths[i] for i in ids]
     if storage.is_gcs(uri):
-        tar_spec = pipe_command(storage.join(uri, f"audio_{brace}.tar"))
-        tars_meant = [pipe_command(storage.join(uri, f"audio_{i}.tar")) for i in ids]
+        tar_spec = pipe_command(storage.join(uri, layout.tar_pattern(brace)))
+        tars_meant = [pipe_command(storage.join(uri, layout.tar_name(i))) for i in ids]
     else:
-        tar_spec = str(Path(uri, f"audio_{brace}.tar"))
-        tars_meant = [str(Path(uri, f"audio_{i}.tar")) for i in ids]
+        tar_spec = str(Path(uri, layout.tar_pattern(brace)))
+        tars_meant = [str(Path(uri, layout.tar_name(i))) for i in ids]
     _check_spec(manifest_spec, manifests_meant, ids, _NEMO_MANIFEST_ID, f"{uri} (sharded manifests)")
     _check_spec(tar_spec, tars_meant, ids, _NEMO_TAR_ID, f"{uri} (shards)")
     return TarredDataset(

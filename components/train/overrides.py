@@ -23,7 +23,8 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any
 
-from components.train.core import CONF_DIR, TrainError
+from components.train.config import config_names, load_config
+from components.train.errors import TrainError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -33,7 +34,7 @@ class ConfigError(TrainError):
     """An override that names no key of the config, or gives a value of the wrong type."""
 
 
-# Trainer arguments that asrflow sets itself (core._make_trainer): an override would be lost.
+# Trainer arguments that asrflow sets itself (hardware.make_trainer): an override would be lost.
 TRAINER_SET_BY_ASRFLOW = {
     "devices": "use --devices",
     "num_nodes": "use --num-nodes",
@@ -76,7 +77,7 @@ def checked_override(cfg: DictConfig, item: str, config: str) -> tuple[str, Any]
     value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
     tree = OmegaConf.to_container(cfg, resolve=False)
     found, old, depth = lookup(tree, parts)
-    if not found and not (CONF_DIR / f"{config}.yaml").is_file():  # a user's YAML
+    if not found and config not in config_names():  # a user's YAML
         for shipped in shipped_config_trees():
             found, old, _ = lookup(shipped, parts)
             if found:
@@ -146,11 +147,10 @@ def is_trainer_argument(parts: list[str]) -> bool:
 
 @functools.cache
 def shipped_config_trees() -> tuple[dict[str, Any], ...]:
-    """The configs in ``conf/`` as plain trees (interpolations unresolved)."""
+    """The shipped configs, composed, as plain trees (interpolations unresolved)."""
     from omegaconf import OmegaConf
 
-    paths = sorted(CONF_DIR.glob("*.yaml"))
-    return tuple(OmegaConf.to_container(OmegaConf.load(path), resolve=False) for path in paths)
+    return tuple(OmegaConf.to_container(load_config(name), resolve=False) for name in config_names())
 
 
 def expected_type(old: Any, new: Any) -> str | None:

@@ -146,7 +146,7 @@ class _Reader:
 
 def ensure_manifest_corpus(workdir: Path) -> Path:
     """A MANIFEST_HOURS corpus as one NeMo manifest with FLAC files beside it (made once)."""
-    from components.sources import export_manifest
+    from components.export import export_manifest
     from tests.corpus.generate import generate_corpus
 
     root = workdir / "manifest_corpus"
@@ -295,7 +295,7 @@ def run(workdir: Path) -> None:
 def run_manifest(workdir: Path) -> None:
     """One big manifest, 1 worker against 2, default groups, side by side."""
     from components.audio import Rules
-    from components.shard.core import make_plan
+    from components.shard.plan import make_plan
     from components.sources import open_source
 
     workdir.mkdir(parents=True, exist_ok=True)

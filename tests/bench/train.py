@@ -31,8 +31,8 @@ def ensure_data(workdir: Path) -> tuple[Path, Path]:
     """Tarred shards with bins in metadata.yaml, and a validation manifest (made once)."""
     from components import storage
     from components.buckets.core import estimate_buckets
+    from components.export import export_manifest
     from components.shard.core import write_shards
-    from components.sources import export_manifest
     from tests.corpus.generate import generate_corpus
 
     corpus = workdir / "corpus"
@@ -51,25 +51,24 @@ def ensure_data(workdir: Path) -> tuple[Path, Path]:
 
 def train_once(tarred: Path, validation: Path, run_dir: Path, bucketing: bool) -> dict[str, Any]:
     """One ``asrflow train`` run of the small config; returns its card."""
-    command = [
-        str(Path(sys.executable).with_name("asrflow")),
-        "train",
-        str(tarred),
-        "--val",
-        str(validation),
-        "--config",
-        "small",
-        "--run-dir",
-        str(run_dir),
-        "--checkpoint-every",
-        str(STEPS),
-        f"trainer.max_steps={STEPS}",
-        f"trainer.limit_train_batches={STEPS}",
-        f"trainer.val_check_interval={STEPS}",
-        f"model.train_ds.batch_duration={BATCH_DURATION}",
-        f"model.train_ds.use_bucketing={str(bucketing).lower()}",
-        f"asrflow.log_every={STEPS}",
-    ]
+    from components.train.settings import TrainSettings
+
+    settings = TrainSettings(
+        tarred_dir=str(tarred),
+        val_manifest=str(validation),
+        run_dir=str(run_dir),
+        config="small",
+        max_steps=STEPS,
+        checkpoint_every=STEPS,
+        overrides=[
+            f"trainer.limit_train_batches={STEPS}",
+            f"trainer.val_check_interval={STEPS}",
+            f"model.train_ds.batch_duration={BATCH_DURATION}",
+            f"model.train_ds.use_bucketing={str(bucketing).lower()}",
+            f"asrflow.log_every={STEPS}",
+        ],
+    )
+    command = [str(Path(sys.executable).with_name("asrflow")), "train", *settings.to_argv()]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"asrflow train failed ({result.returncode}):\n{result.stderr[-4000:]}")

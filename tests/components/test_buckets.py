@@ -12,7 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from components import layout
+from components.buckets import bins as bucket_bins
 from components.buckets import core
+from components.buckets.histogram import HISTOGRAM_NAME
 from components.manifest import RejectThresholdExceeded
 
 OTHER_METADATA = {
@@ -41,8 +44,8 @@ def make_tarred(root: Path, durations: list[float], bad_lines: tuple[str, ...] =
         for i, d in enumerate(durations)
     ]
     lines[1:1] = bad_lines
-    (root / core.MANIFEST_NAME).write_text("\n".join(lines) + "\n")
-    (root / core.METADATA_NAME).write_text(yaml.safe_dump(OTHER_METADATA, sort_keys=False))
+    (root / layout.TARRED_MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    (root / layout.METADATA_NAME).write_text(yaml.safe_dump(OTHER_METADATA, sort_keys=False))
     return root
 
 
@@ -50,7 +53,7 @@ def test_bins_are_lhotse_estimate_in_nemo_form() -> None:
     from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 
     durations = spread_durations()
-    bins = core.estimate_bins(durations, 8)
+    bins = bucket_bins.estimate_bins(durations, 8)
     # NeMo's train_ds.bucket_duration_bins: K-1 ascending boundaries for num_buckets=K
     assert len(bins) == 7
     assert all(a < b for a, b in zip(bins, bins[1:], strict=False))
@@ -69,7 +72,7 @@ def test_bins_are_lhotse_estimate_in_nemo_form() -> None:
 
 
 def test_bins_of_repeated_durations_are_strictly_increasing() -> None:
-    bins = core.estimate_bins([2.0] * 50 + [3.0] * 50 + [9.0] * 5, 10)
+    bins = bucket_bins.estimate_bins([2.0] * 50 + [3.0] * 50 + [9.0] * 5, 10)
     assert bins == sorted(set(bins)) and len(bins) < 9
 
 
@@ -79,24 +82,26 @@ def test_bins_of_repeated_durations_are_strictly_increasing() -> None:
 )
 def test_bad_bucket_counts_say_why(count: int, buckets: int, message: str) -> None:
     with pytest.raises(core.BucketError, match=message):
-        core.estimate_bins([1.0 + i for i in range(count)], buckets)
+        bucket_bins.estimate_bins([1.0 + i for i in range(count)], buckets)
 
 
 def test_bucketed_batches_pad_less_than_unbucketed() -> None:
     durations = spread_durations()
-    bins = core.estimate_bins(durations, 8)
-    figures = core.padding_efficiency(durations, bins, batch_duration=120.0, seed=0)
+    bins = bucket_bins.estimate_bins(durations, 8)
+    figures = bucket_bins.padding_efficiency(durations, bins, batch_duration=120.0, seed=0)
     bucketed, unbucketed = figures["bucketed"], figures["unbucketed"]
-    assert bucketed["real_frames"] == unbucketed["real_frames"] == sum(core._frames(d) for d in durations)
+    assert (
+        bucketed["real_frames"] == unbucketed["real_frames"] == sum(bucket_bins.frames(d) for d in durations)
+    )
     assert bucketed["efficiency"] > unbucketed["efficiency"] + 0.2
     assert figures["ratio"] == pytest.approx(bucketed["efficiency"] / unbucketed["efficiency"], abs=1e-3)
-    assert figures == core.padding_efficiency(durations, bins, batch_duration=120.0, seed=0)
+    assert figures == bucket_bins.padding_efficiency(durations, bins, batch_duration=120.0, seed=0)
 
 
 def test_estimate_updates_metadata_and_keeps_other_keys(tmp_path: Path) -> None:
     tarred = make_tarred(tmp_path / "tarred", spread_durations())
     card = core.estimate_buckets(str(tarred), num_buckets=6, batch_duration=120.0)
-    metadata = yaml.safe_load((tarred / core.METADATA_NAME).read_text())
+    metadata = yaml.safe_load((tarred / layout.METADATA_NAME).read_text())
     for key in ("version", "num_samples_per_shard", "is_concatenated_manifest", "history", "asrflow"):
         assert metadata[key] == OTHER_METADATA[key], key
     assert metadata["dataset_config"]["num_shards"] == 4 and metadata["dataset_config"]["shuffle"] is True
@@ -108,7 +113,7 @@ def test_estimate_updates_metadata_and_keeps_other_keys(tmp_path: Path) -> None:
     out = tarred / "buckets"
     assert json.loads((out / "card.json").read_text()) == card
     assert (out / "_SUCCESS").exists()
-    png = (out / core.HISTOGRAM_NAME).read_bytes()
+    png = (out / HISTOGRAM_NAME).read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     # the bins as the training step reads them
     from components.train.data import TarredDataset
@@ -122,7 +127,7 @@ def test_same_input_same_outputs(tmp_path: Path) -> None:
     second = make_tarred(tmp_path / "b", spread_durations(500))
     core.estimate_buckets(str(first), num_buckets=5, out_dir=str(tmp_path / "out_a"), batch_duration=60.0)
     core.estimate_buckets(str(second), num_buckets=5, out_dir=str(tmp_path / "out_b"), batch_duration=60.0)
-    for name in (core.HISTOGRAM_NAME,):
+    for name in (HISTOGRAM_NAME,):
         assert (tmp_path / "out_a" / name).read_bytes() == (tmp_path / "out_b" / name).read_bytes()
     card_a = json.loads((tmp_path / "out_a" / "card.json").read_text())
     card_b = json.loads((tmp_path / "out_b" / "card.json").read_text())
@@ -138,7 +143,7 @@ def test_max_duration_leaves_out_longer_utterances(tmp_path: Path) -> None:
     assert card["filtered"] == sum(d > 10.0 for d in durations) > 0
     assert card["utterances"] == sum(d <= 10.0 for d in durations)
     assert card["bucket_duration_bins"][-1] < 10.0
-    assert yaml.safe_load((tarred / core.METADATA_NAME).read_text()) == OTHER_METADATA
+    assert yaml.safe_load((tarred / layout.METADATA_NAME).read_text()) == OTHER_METADATA
 
 
 def test_bad_manifest_lines_are_counted_then_fail_above_threshold(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_bad_manifest_lines_are_counted_then_fail_above_threshold(tmp_path: Path
     card = core.estimate_buckets(str(tarred), num_buckets=4)
     assert card["rejects_by_reason"] == {"bad_duration": 1, "bad_manifest_line": 1}
     rejects = (tarred / "buckets" / "rejects.jsonl").read_text()
-    assert f"{tarred / core.MANIFEST_NAME}:2" in rejects
+    assert f"{tarred / layout.TARRED_MANIFEST_NAME}:2" in rejects
     tarred = make_tarred(tmp_path / "bad", spread_durations(50), bad_lines=bad)
     with pytest.raises(RejectThresholdExceeded, match="bad_duration: 1, bad_manifest_line: 1"):
         core.estimate_buckets(str(tarred), num_buckets=4)
@@ -156,19 +161,21 @@ def test_bad_manifest_lines_are_counted_then_fail_above_threshold(tmp_path: Path
 def test_sharded_manifests_are_read_when_there_is_no_full_manifest(tmp_path: Path) -> None:
     durations = spread_durations(400)
     tarred = make_tarred(tmp_path / "tarred", durations)
-    full = (tarred / core.MANIFEST_NAME).read_text().splitlines()
-    (tarred / core.MANIFEST_NAME).unlink()
-    (tarred / core.SHARDED_DIR).mkdir()
+    full = (tarred / layout.TARRED_MANIFEST_NAME).read_text().splitlines()
+    (tarred / layout.TARRED_MANIFEST_NAME).unlink()
+    (tarred / layout.SHARDED_MANIFESTS_DIR).mkdir()
     for shard in range(4):
         lines = [line for line in full if json.loads(line)["shard_id"] == shard]
-        (tarred / core.SHARDED_DIR / f"manifest_{shard}.json").write_text("\n".join(lines) + "\n")
+        (tarred / layout.SHARDED_MANIFESTS_DIR / f"manifest_{shard}.json").write_text("\n".join(lines) + "\n")
     card = core.estimate_buckets(str(tarred), num_buckets=4)
     assert card["utterances"] == 400
-    assert card["manifests"] == [str(tarred / core.SHARDED_DIR / f"manifest_{i}.json") for i in range(4)]
+    assert card["manifests"] == [
+        str(tarred / layout.SHARDED_MANIFESTS_DIR / f"manifest_{i}.json") for i in range(4)
+    ]
 
 
 def test_missing_manifest_names_the_directory(tmp_path: Path) -> None:
-    with pytest.raises(core.BucketError, match=f"no {core.MANIFEST_NAME}.*{tmp_path}"):
+    with pytest.raises(core.BucketError, match=f"no {layout.TARRED_MANIFEST_NAME}.*{tmp_path}"):
         core.estimate_buckets(str(tmp_path), num_buckets=4)
 
 
@@ -176,9 +183,9 @@ def test_on_write_shards_output_of_the_bundled_corpus(bundled_shards: Path, tmp_
     """The real write-shards output: manifest and metadata only are copied (no audio read)."""
     tarred = tmp_path / "tarred"
     tarred.mkdir()
-    for name in (core.MANIFEST_NAME, core.METADATA_NAME, "card.json", "_SUCCESS"):
+    for name in (layout.TARRED_MANIFEST_NAME, layout.METADATA_NAME, "card.json", "_SUCCESS"):
         shutil.copy(bundled_shards / name, tarred / name)
-    before = yaml.safe_load((tarred / core.METADATA_NAME).read_text())
+    before = yaml.safe_load((tarred / layout.METADATA_NAME).read_text())
     # a write-shards card as input: the step works on the directory the card names
     # (rewritten to the copy, so that the session's shared shards stay untouched)
     shards_card = json.loads((tarred / "card.json").read_text())
@@ -189,7 +196,7 @@ def test_on_write_shards_output_of_the_bundled_corpus(bundled_shards: Path, tmp_
     card = core.estimate_buckets(str(tarred), num_buckets=4, batch_duration=60.0)
     assert card["utterances"] == before["asrflow"]["utterances"] == 300
     assert len(card["bucket_duration_bins"]) == 3
-    after = yaml.safe_load((tarred / core.METADATA_NAME).read_text())
+    after = yaml.safe_load((tarred / layout.METADATA_NAME).read_text())
     assert {k: v for k, v in after.items() if k not in ("dataset_config", "buckets")} == {
         k: v for k, v in before.items() if k != "dataset_config"
     }
@@ -233,7 +240,7 @@ def test_cli_prints_figures_then_the_card_last(tmp_path: Path) -> None:
     assert any(line.startswith("padding efficiency   bucketed:") for line in lines)
     assert any(line.startswith("padding efficiency unbucketed:") for line in lines)
     assert any(line.startswith("padding efficiency ratio") for line in lines)
-    assert (out / core.HISTOGRAM_NAME).exists()
+    assert (out / HISTOGRAM_NAME).exists()
 
 
 def test_cli_rejects_one_bucket(tmp_path: Path) -> None:

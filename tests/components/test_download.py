@@ -28,8 +28,15 @@ import yaml
 from click.testing import CliRunner
 
 from components import cards, storage
-from components.download import core
+from components.columns import Columns
+from components.download import checksums, core
 from components.download.cli import download as download_command
+from components.download.data_files import choose_config, glob_regex, readme_configs, select_files
+from components.download.errors import DownloadError
+from components.download.files import SourceFile, content_revision
+from components.download.hub import parse_hub_source
+from components.download.plan import make_plan, source_kind
+from components.download.transfer import MB, Transfer
 from pipelines.cli import main as asrflow_main
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "peoples_speech"
@@ -148,7 +155,7 @@ def train_hours() -> float:
 
 
 def test_select_files_follows_the_dataset_card() -> None:
-    configs = core.readme_configs(PEOPLES_SPEECH_README)
+    configs = readme_configs(PEOPLES_SPEECH_README)
     paths = [
         "README.md",
         "clean/train-00000-of-00002.parquet",
@@ -158,23 +165,21 @@ def test_select_files_follows_the_dataset_card() -> None:
         "validation/validation-00000-of-00001.parquet",
         "test/test-00000-of-00001.parquet",
     ]
-    assert core.select_files(paths, "clean", "train", configs) == paths[1:3]
-    assert core.select_files(paths, "validation", "validation", configs) == [paths[5]]
+    assert select_files(paths, "clean", "train", configs) == paths[1:3]
+    assert select_files(paths, "validation", "validation", configs) == [paths[5]]
     with pytest.raises(
-        core.DownloadError, match="config 'dirty' is not in the dataset card; it has clean, microset"
+        DownloadError, match="config 'dirty' is not in the dataset card; it has clean, microset"
     ):
-        core.select_files(paths, "dirty", "train", configs)
-    with pytest.raises(core.DownloadError, match="config 'microset' has no split 'test'; it has train"):
-        core.select_files(paths, "microset", "test", configs)
+        select_files(paths, "dirty", "train", configs)
+    with pytest.raises(DownloadError, match="config 'microset' has no split 'test'; it has train"):
+        select_files(paths, "microset", "test", configs)
     with pytest.raises(
-        core.DownloadError,
+        DownloadError,
         match=r"no parquet files .*clean/test-\*.*clean/train-\*-of-\*.parquet \(2 files\)",
     ):
-        core.select_files(paths, "clean", "test", configs)
-    with pytest.raises(
-        core.DownloadError, match="give --config: the dataset card lists configs clean, microset"
-    ):
-        core.choose_config(configs, paths)
+        select_files(paths, "clean", "test", configs)
+    with pytest.raises(DownloadError, match="give --config: the dataset card lists configs clean, microset"):
+        choose_config(configs, paths)
 
 
 def test_select_files_without_a_card_and_with_a_pattern() -> None:
@@ -187,58 +192,56 @@ def test_select_files_without_a_card_and_with_a_pattern() -> None:
         "all/test.other/0000.parquet",
         "notes.txt",
     ]
-    assert core.select_files(paths, "clean", "train") == [
+    assert select_files(paths, "clean", "train") == [
         "clean/train-00000-of-00001.parquet",
         "clean/train/extra/0001.parquet",
     ]
-    assert core.select_files(paths, "all", "test.clean", pattern="{config}/{split}/*.parquet") == [
+    assert select_files(paths, "all", "test.clean", pattern="{config}/{split}/*.parquet") == [
         "all/test.clean/0000.parquet",
         "all/test.clean/0001.parquet",
     ]
     with pytest.raises(
-        core.DownloadError, match=r"all/test.clean/\*.parquet \(2 files\), all/test.other/\*.parquet"
+        DownloadError, match=r"all/test.clean/\*.parquet \(2 files\), all/test.other/\*.parquet"
     ):
-        core.select_files(paths, "all", "train")
-    with pytest.raises(core.DownloadError, match="give --config: found"):
-        core.choose_config(None, paths)
-    assert core.choose_config(None, ["data/train-00000-of-00001.parquet"]) == "default"
-    assert core.select_files(["data/train-00000-of-00001.parquet"], "default", "train") == [
+        select_files(paths, "all", "train")
+    with pytest.raises(DownloadError, match="give --config: found"):
+        choose_config(None, paths)
+    assert choose_config(None, ["data/train-00000-of-00001.parquet"]) == "default"
+    assert select_files(["data/train-00000-of-00001.parquet"], "default", "train") == [
         "data/train-00000-of-00001.parquet"
     ]
-    assert core.choose_config(None, ["clean/a.parquet", "clean/b.parquet"]) == "clean"
+    assert choose_config(None, ["clean/a.parquet", "clean/b.parquet"]) == "clean"
 
 
 def test_glob_semantics() -> None:
-    assert core.glob_regex("clean/train-*").match("clean/train-00000-of-00004.parquet")
-    assert not core.glob_regex("clean/*.parquet").match("clean/sub/x.parquet")
-    assert core.glob_regex("clean/**/*.parquet").match("clean/sub/deeper/x.parquet")
-    assert core.glob_regex("clean/**/*.parquet").match("clean/x.parquet")
-    assert not core.glob_regex("a?c").match("a/c")
-    assert not core.glob_regex("a.b").match("axb")
+    assert glob_regex("clean/train-*").match("clean/train-00000-of-00004.parquet")
+    assert not glob_regex("clean/*.parquet").match("clean/sub/x.parquet")
+    assert glob_regex("clean/**/*.parquet").match("clean/sub/deeper/x.parquet")
+    assert glob_regex("clean/**/*.parquet").match("clean/x.parquet")
+    assert not glob_regex("a?c").match("a/c")
+    assert not glob_regex("a.b").match("axb")
 
 
 def test_source_kinds_and_names() -> None:
-    assert core.source_kind("hf://datasets/MLCommons/peoples_speech") == "hub"
-    assert core.source_kind("gs://bucket/ps") == "gcs"
-    assert core.source_kind("/data/ps") == "local"
-    assert core.source_kind("gs://bucket/dev.json") == "manifest"
-    assert core.source_kind("dev_clean.jsonl") == "manifest"
-    with pytest.raises(
-        core.DownloadError, match=r"unknown source scheme s3:// in 's3://b/x'; expected hf://"
-    ):
-        core.source_kind("s3://b/x")
-    with pytest.raises(core.DownloadError, match="use hf://datasets/OWNER/NAME"):
-        core.source_kind("hf://models/nvidia/parakeet")
-    assert core.parse_hub_source("hf://datasets/MLCommons/peoples_speech") == (
+    assert source_kind("hf://datasets/MLCommons/peoples_speech") == "hub"
+    assert source_kind("gs://bucket/ps") == "gcs"
+    assert source_kind("/data/ps") == "local"
+    assert source_kind("gs://bucket/dev.json") == "manifest"
+    assert source_kind("dev_clean.jsonl") == "manifest"
+    with pytest.raises(DownloadError, match=r"unknown source scheme s3:// in 's3://b/x'; expected hf://"):
+        source_kind("s3://b/x")
+    with pytest.raises(DownloadError, match="use hf://datasets/OWNER/NAME"):
+        source_kind("hf://models/nvidia/parakeet")
+    assert parse_hub_source("hf://datasets/MLCommons/peoples_speech") == (
         "MLCommons/peoples_speech",
         None,
     )
-    assert core.parse_hub_source("hf://datasets/openslr/librispeech_asr@refs/convert/parquet") == (
+    assert parse_hub_source("hf://datasets/openslr/librispeech_asr@refs/convert/parquet") == (
         "openslr/librispeech_asr",
         "refs/convert/parquet",
     )
-    with pytest.raises(core.DownloadError, match="not a hub dataset"):
-        core.parse_hub_source("hf://datasets/just-a-name")
+    with pytest.raises(DownloadError, match="not a hub dataset"):
+        parse_hub_source("hf://datasets/just-a-name")
 
 
 def test_dataset_key() -> None:
@@ -247,9 +250,9 @@ def test_dataset_key() -> None:
         core.dataset_key("MLCommons/peoples_speech", "clean", "train", sha)
         == f"datasets/MLCommons--peoples_speech/clean/train/{sha}/raw"
     )
-    with pytest.raises(core.DownloadError, match="cannot use ''"):
+    with pytest.raises(DownloadError, match="cannot use ''"):
         core.dataset_key("ps", "", "train", sha)
-    with pytest.raises(core.DownloadError, match="cannot use '..'"):
+    with pytest.raises(DownloadError, match="cannot use '..'"):
         core.dataset_key("ps", "clean", "..", sha)
 
 
@@ -261,10 +264,10 @@ def test_checksum_algorithms_match_their_definitions(tmp_path: Path) -> None:
     git = subprocess.run(
         ["git", "hash-object", str(path)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert core.hash_uri(str(path), "git-sha1", len(data)) == git
-    assert core.hash_uri(str(path), "sha256", len(data)) == hashlib.sha256(data).hexdigest()
-    assert core.hash_uri(str(path), "md5", len(data)) == md5(data)
-    assert core.hash_uri(str(path), "crc32c", len(data)) == storage.file_crc32c(path)
+    assert checksums.hash_uri(str(path), "git-sha1", len(data)) == git
+    assert checksums.hash_uri(str(path), "sha256", len(data)) == hashlib.sha256(data).hexdigest()
+    assert checksums.hash_uri(str(path), "md5", len(data)) == md5(data)
+    assert checksums.hash_uri(str(path), "crc32c", len(data)) == storage.file_crc32c(path)
 
 
 # --- local sources -----------------------------------------------------------------------
@@ -272,11 +275,11 @@ def test_checksum_algorithms_match_their_definitions(tmp_path: Path) -> None:
 
 def test_download_bundled_corpus(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    card = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2)
+    card = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2).to_dict()
     for name in TRAIN_FILES:
         assert (out / name).read_bytes() == (CORPUS / name).read_bytes()
-    expected_revision = core.content_revision(
-        core.SourceFile(name, "", (CORPUS / name).stat().st_size, "md5", md5((CORPUS / name).read_bytes()))
+    expected_revision = content_revision(
+        SourceFile(name, "", (CORPUS / name).stat().st_size, "md5", md5((CORPUS / name).read_bytes()))
         for name in TRAIN_FILES
     )
     assert card == {
@@ -287,7 +290,7 @@ def test_download_bundled_corpus(tmp_path: Path) -> None:
         "split": "train",
         "revision": expected_revision,
         "format": "parquet",
-        "out": str(out),
+        "out_dir": str(out),
         "files": TRAIN_FILES,
         "num_files": 4,
         "bytes": sum((CORPUS / name).stat().st_size for name in TRAIN_FILES),
@@ -305,31 +308,33 @@ def test_download_bundled_corpus(tmp_path: Path) -> None:
 
 
 def test_card_config_maps_validation_split(tmp_path: Path) -> None:
-    card = core.download(str(CORPUS), str(tmp_path / "dev"), config="clean", split="validation", workers=1)
+    card = core.download(
+        str(CORPUS), str(tmp_path / "dev"), config="clean", split="validation", workers=1
+    ).to_dict()
     assert card["files"] == ["validation/validation-00000-of-00001.parquet"]
     assert card["rows"] == 60
 
 
 def test_revision_is_a_content_hash(tmp_path: Path) -> None:
     root = corpus_copy(tmp_path)
-    first = core.make_plan(str(root), "clean", "train")
-    assert core.make_plan(str(root), "clean", "train").revision == first.revision
-    assert core.make_plan(str(CORPUS), "clean", "train").revision == first.revision  # same bytes, same key
+    first = make_plan(str(root), "clean", "train")
+    assert make_plan(str(root), "clean", "train").revision == first.revision
+    assert make_plan(str(CORPUS), "clean", "train").revision == first.revision  # same bytes, same key
     data = (root / TRAIN_FILES[2]).read_bytes()
     (root / TRAIN_FILES[2]).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
-    changed = core.make_plan(str(root), "clean", "train")
+    changed = make_plan(str(root), "clean", "train")
     assert changed.revision != first.revision
-    with pytest.raises(core.DownloadError, match=f"--revision {first.revision} was asked for"):
-        core.make_plan(str(root), "clean", "train", revision=first.revision)
-    assert core.make_plan(str(root), "clean", "train", revision=changed.revision).revision == changed.revision
+    with pytest.raises(DownloadError, match=f"--revision {first.revision} was asked for"):
+        make_plan(str(root), "clean", "train", revision=first.revision)
+    assert make_plan(str(root), "clean", "train", revision=changed.revision).revision == changed.revision
 
 
 def test_data_root_key(tmp_path: Path) -> None:
-    card = core.download(str(CORPUS), data_root=str(tmp_path / "root"), config="test", split="test")
+    card = core.download(str(CORPUS), data_root=str(tmp_path / "root"), config="test", split="test").to_dict()
     key = core.dataset_key("peoples_speech", "test", "test", card["revision"])
-    assert card["out"] == str(tmp_path / "root" / key)
-    assert storage.is_complete(card["out"])
-    with pytest.raises(core.DownloadError, match="give --out DIR or --data-root ROOT"):
+    assert card["out_dir"] == str(tmp_path / "root" / key)
+    assert storage.is_complete(card["out_dir"])
+    with pytest.raises(DownloadError, match="give --out DIR or --data-root ROOT"):
         core.download(str(CORPUS), config="test", split="test")
 
 
@@ -337,7 +342,7 @@ def test_rerun_skips_complete_files_and_redoes_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    first = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2)
+    first = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2).to_dict()
     before = snapshot(str(out))
     untouched = out / TRAIN_FILES[0]
     os.utime(untouched, (1_000_000_000, 1_000_000_000))
@@ -350,7 +355,7 @@ def test_rerun_skips_complete_files_and_redoes_the_rest(
     stale = out / "clean" / ".tmp-train-00002-of-00004.parquet.x1y2"
     stale.write_bytes(b"half a file")
     with caplog.at_level(logging.INFO, logger="asrflow.download"):
-        second = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2)
+        second = core.download(str(CORPUS), str(out), config="clean", split="train", workers=2).to_dict()
     assert second == first
     assert snapshot(str(out)) == before
     assert not stale.exists()
@@ -364,7 +369,7 @@ def test_missing_column_is_named(tmp_path: Path) -> None:
     root = tmp_path / "src"
     write_ps_parquet(root / "clean" / "train-00000-of-00002.parquet", [0.5, 0.7])
     write_ps_parquet(root / "clean" / "train-00001-of-00002.parquet", [0.5], drop="text")
-    with pytest.raises(core.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         core.download(str(root), str(tmp_path / "out"), config="clean", split="train")
     message = str(err.value)
     assert (
@@ -374,36 +379,32 @@ def test_missing_column_is_named(tmp_path: Path) -> None:
     assert "the file has columns id, audio, duration_ms" in message
     assert not storage.is_complete(str(tmp_path / "out"))
     # A wrong mapping fails on the source's first file, before anything is copied.
-    with pytest.raises(
-        core.DownloadError, match=r"src/clean/train-00000-of-00002.parquet: no column 'sentence'"
-    ):
-        core.download(
-            str(root), str(tmp_path / "out3"), config="clean", columns=core.Columns(text="sentence")
-        )
+    with pytest.raises(DownloadError, match=r"src/clean/train-00000-of-00002.parquet: no column 'sentence'"):
+        core.download(str(root), str(tmp_path / "out3"), config="clean", columns=Columns(text="sentence"))
     assert not (tmp_path / "out3").exists()
-    with pytest.raises(core.DownloadError, match="no column 'seconds' \\(the duration column"):
+    with pytest.raises(DownloadError, match="no column 'seconds' \\(the duration column"):
         core.download(
             str(root),
             str(tmp_path / "out2"),
             config="clean",
             split="train",
-            columns=core.Columns(duration="seconds"),
+            columns=Columns(duration="seconds"),
         )
 
 
 def test_no_matching_files_lists_what_exists(tmp_path: Path) -> None:
     with pytest.raises(
-        core.DownloadError, match="config 'dirty' is not in the dataset card; it has clean, validation, test"
+        DownloadError, match="config 'dirty' is not in the dataset card; it has clean, validation, test"
     ):
         core.download(str(CORPUS), str(tmp_path / "o"), config="dirty")
     root = tmp_path / "nocard"
     write_ps_parquet(root / "clean" / "train-00000-of-00001.parquet", [0.3])
     write_ps_parquet(root / "clean" / "test-00000-of-00001.parquet", [0.3])
-    with pytest.raises(core.DownloadError) as err:
+    with pytest.raises(DownloadError) as err:
         core.download(str(root), str(tmp_path / "o"), config="clean", split="validation")
     assert "no parquet files for config 'clean', split 'validation'" in str(err.value)
     assert "clean/test-*-of-*.parquet (1 file), clean/train-*-of-*.parquet (1 file)" in str(err.value)
-    with pytest.raises(core.DownloadError, match="no such directory"):
+    with pytest.raises(DownloadError, match="no such directory"):
         core.download(str(tmp_path / "missing"), str(tmp_path / "o"))
 
 
@@ -418,8 +419,8 @@ def test_librispeech_layout_without_duration_column(tmp_path: Path) -> None:
         config="all",
         split="test.clean",
         pattern="{config}/{split}/*.parquet",
-        columns=core.Columns(id="file"),
-    )
+        columns=Columns(id="file"),
+    ).to_dict()
     assert card["files"] == ["all/test.clean/0000.parquet", "all/test.clean/0001.parquet"]
     assert card["rows"] == 3
     assert card["hours"] == round(4.0 / 3600, 6)
@@ -434,7 +435,7 @@ def test_librispeech_layout_without_duration_column(tmp_path: Path) -> None:
 def test_gcs_source_and_destination(gcs_bucket: str, tmp_path: Path) -> None:
     source = f"{gcs_bucket}/mirror/peoples_speech"
     upload_tree(CORPUS, source)
-    local = core.download(str(CORPUS), str(tmp_path / "local"), config="clean", split="train")
+    local = core.download(str(CORPUS), str(tmp_path / "local"), config="clean", split="train").to_dict()
     # gs:// -> gs:// (copied by the server), gs:// -> local, local -> gs://
     cases = {
         "gs-gs": (source, f"{gcs_bucket}/out/gs"),
@@ -443,7 +444,7 @@ def test_gcs_source_and_destination(gcs_bucket: str, tmp_path: Path) -> None:
     }
     expected = {name: md5((CORPUS / name).read_bytes()) for name in TRAIN_FILES}
     for src, out in cases.values():
-        card = core.download(src, out, config="clean", split="train", workers=3)
+        card = core.download(src, out, config="clean", split="train", workers=3).to_dict()
         files = snapshot(out)
         card_text = files.pop("card.json")
         assert files.pop("_SUCCESS") == md5(b"")
@@ -451,11 +452,11 @@ def test_gcs_source_and_destination(gcs_bucket: str, tmp_path: Path) -> None:
         assert files == expected
         assert card_text == md5(storage.read_bytes(storage.join(out, "card.json")))
         # Same bytes, same revision, whichever store they come from.
-        assert {k: v for k, v in card.items() if k not in ("source", "out")} == {
-            k: v for k, v in local.items() if k not in ("source", "out")
+        assert {k: v for k, v in card.items() if k not in ("source", "out_dir")} == {
+            k: v for k, v in local.items() if k not in ("source", "out_dir")
         }
-        assert card["out"] == out
-    rerun = core.download(source, f"{gcs_bucket}/out/gs", config="clean", split="train")
+        assert card["out_dir"] == out
+    rerun = core.download(source, f"{gcs_bucket}/out/gs", config="clean", split="train").to_dict()
     assert rerun["revision"] == local["revision"]
 
 
@@ -465,7 +466,7 @@ def test_gcs_rerun_replaces_a_corrupt_object(gcs_bucket: str, caplog: pytest.Log
     target = storage.join(out, "test/test-00000-of-00001.parquet")
     storage.write_bytes(target, b"not parquet at all")
     with caplog.at_level(logging.INFO, logger="asrflow.download"):
-        card = core.download(str(CORPUS), out, config="test", split="test")
+        card = core.download(str(CORPUS), out, config="test", split="test").to_dict()
     assert "0 of 1 files already complete" in caplog.text
     assert storage.read_bytes(target) == (CORPUS / "test/test-00000-of-00001.parquet").read_bytes()
     assert card["rows"] == 60
@@ -494,7 +495,7 @@ def write_manifest_set(root: Path) -> Path:
 def test_manifest_source(tmp_path: Path) -> None:
     source = write_manifest_set(tmp_path / "src")
     out = tmp_path / "out"
-    card = core.download(str(source), str(out), split="validation")
+    card = core.download(str(source), str(out), split="validation").to_dict()
     entries = [json.loads(line) for line in (out / "manifest.json").read_text().splitlines()]
     assert entries == [
         {"audio_filepath": "audio/wavs/a/one.flac", "duration": 1.5, "text": "One!", "speaker": 7},
@@ -512,13 +513,13 @@ def test_manifest_source(tmp_path: Path) -> None:
     assert card["dataset"] == "dev"
     assert card["split"] == "validation"
     assert card["bytes"] == sum(p.stat().st_size for p in (tmp_path / "src").rglob("*.flac"))
-    assert core.download(str(source), str(out), split="validation") == card
+    assert core.download(str(source), str(out), split="validation").to_dict() == card
 
 
 def test_manifest_source_to_gcs(tmp_path: Path, gcs_bucket: str) -> None:
     source = write_manifest_set(tmp_path / "src")
-    local = core.download(str(source), str(tmp_path / "out"))
-    remote = core.download(str(source), f"{gcs_bucket}/dev")
+    local = core.download(str(source), str(tmp_path / "out")).to_dict()
+    remote = core.download(str(source), f"{gcs_bucket}/dev").to_dict()
     assert remote["revision"] == local["revision"]
     assert (
         storage.read_text(f"{gcs_bucket}/dev/manifest.json")
@@ -533,14 +534,14 @@ def test_manifest_source_to_gcs(tmp_path: Path, gcs_bucket: str) -> None:
 def test_manifest_with_missing_audio_names_the_line(tmp_path: Path) -> None:
     source = write_manifest_set(tmp_path / "src")
     (tmp_path / "src" / "elsewhere" / "three.flac").unlink()
-    with pytest.raises(core.DownloadError, match=r"dev.json:3: audio file not found: .*elsewhere/three.flac"):
+    with pytest.raises(DownloadError, match=r"dev.json:3: audio file not found: .*elsewhere/three.flac"):
         core.download(str(source), str(tmp_path / "out"))
 
 
 def test_progress_lines_and_rate_cap() -> None:
-    transfer = core.Transfer(total_files=4, total_bytes=8 * core.MB, max_mbps=20)
+    transfer = Transfer(total_files=4, total_bytes=8 * MB, max_mbps=20)
     started = time.monotonic()
-    transfer.add_bytes(2 * core.MB)
+    transfer.add_bytes(2 * MB)
     transfer.file_done()
     assert time.monotonic() - started >= 0.099  # 2 MB at no more than 20 MB/s
     line = transfer.line()
@@ -604,7 +605,7 @@ def test_a_directory_holding_other_files_is_refused(
     assert [info.uri for info in storage.list_files(out)] == [storage.join(out, "thesis", "draft.tex")]
     # write-shards' output is not a download's either
     storage.write_text(storage.join(base, "tarred", "_ASRFLOW"), '{"step": "write-shards"}\n')
-    with pytest.raises(core.DownloadError, match="holds the output of write-shards, not of download"):
+    with pytest.raises(DownloadError, match="holds the output of write-shards, not of download"):
         core.download(str(CORPUS), storage.join(base, "tarred"), config="clean")
 
 
@@ -665,7 +666,7 @@ def test_killed_download_reruns_to_the_same_bytes(
     else:
         base = str(tmp_path)
     reference, out = storage.join(base, "reference"), storage.join(base, "killed")
-    expected = core.download(str(CORPUS), reference, config="clean", split="train", workers=2)
+    expected = core.download(str(CORPUS), reference, config="clean", split="train", workers=2).to_dict()
     command = [
         _asrflow(),
         "download",
@@ -707,10 +708,12 @@ def test_killed_download_reruns_to_the_same_bytes(
     assert rerun.returncode == 0, rerun.stderr
     card = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert "already complete and verified" in rerun.stderr
-    assert {k: v for k, v in card.items() if k != "out"} == {k: v for k, v in expected.items() if k != "out"}
+    assert {k: v for k, v in card.items() if k != "out_dir"} == {
+        k: v for k, v in expected.items() if k != "out_dir"
+    }
     assert _listing(out) == sorted([*TRAIN_FILES, "card.json", "_SUCCESS", "_ASRFLOW"])
     got, want = snapshot(out), snapshot(reference)
-    assert got.pop("card.json") != want.pop("card.json")  # they differ only in "out"
+    assert got.pop("card.json") != want.pop("card.json")  # they differ only in "out_dir"
     assert got == want
     for name in TRAIN_FILES:
         assert storage.read_bytes(storage.join(out, name)) == (CORPUS / name).read_bytes()
@@ -836,14 +839,14 @@ def test_hub_source_to_local(hub: str, tmp_path: Path, caplog: pytest.LogCapture
             data_root=str(tmp_path / "root"),
             config="clean",
             workers=2,
-        )
+        ).to_dict()
     key = core.dataset_key("MLCommons/peoples_speech", "clean", "train", HUB_SHA)
-    assert card["out"] == str(tmp_path / "root" / key)
+    assert card["out_dir"] == str(tmp_path / "root" / key)
     assert key == f"datasets/MLCommons--peoples_speech/clean/train/{HUB_SHA}/raw"
     assert card["revision"] == HUB_SHA
     assert card["files"] == TRAIN_FILES
     assert (card["rows"], card["hours"]) == (300, train_hours())
-    out = Path(card["out"])
+    out = Path(card["out_dir"])
     for name in TRAIN_FILES:
         assert (out / name).read_bytes() == (CORPUS / name).read_bytes()
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
@@ -857,10 +860,13 @@ def test_hub_source_to_local(hub: str, tmp_path: Path, caplog: pytest.LogCapture
         str(tmp_path / "dev"),
         config="clean",
         split="validation",
-    )
+    ).to_dict()
     assert dev["files"] == ["validation/validation-00000-of-00001.parquet"]
     requests = len(_Hub.seen_auth)
-    assert core.download("hf://datasets/MLCommons/peoples_speech", card["out"], config="clean") == card
+    assert (
+        core.download("hf://datasets/MLCommons/peoples_speech", card["out_dir"], config="clean").to_dict()
+        == card
+    )
     assert len(_Hub.seen_auth) == requests + 2  # the revision and the tree; no file
 
 
@@ -879,13 +885,15 @@ def test_resolve_revision_names_the_commit_a_download_gets(hub: str, tmp_path: P
         "train",
     )
     assert len(_Hub.seen_auth) == requests + 2  # the revision and the tree; no file
-    download = core.download("hf://datasets/MLCommons/peoples_speech", str(tmp_path / "c"), config="clean")
+    download = core.download(
+        "hf://datasets/MLCommons/peoples_speech", str(tmp_path / "c"), config="clean"
+    ).to_dict()
     assert download["revision"] == card["revision"] and download["num_files"] == card["num_files"]
 
 
 def test_resolve_revision_of_a_local_source_is_its_content_hash() -> None:
     card = core.resolve_revision(str(CORPUS), "clean", "train")
-    assert card["revision"] == core.make_plan(str(CORPUS), "clean", "train").revision
+    assert card.revision == make_plan(str(CORPUS), "clean", "train").revision
     result = CliRunner().invoke(asrflow_main, ["resolve-revision", "ftp://host/data"])
     assert result.exit_code != 0 and "Traceback" not in result.output
 
@@ -909,31 +917,37 @@ def test_hub_source_to_gcs_by_the_cli(hub: str, gcs_bucket: str, monkeypatch: py
     data = (CORPUS / "test/test-00000-of-00001.parquet").read_bytes()
     assert storage.read_bytes(target) == data
     # GCS keeps no SHA-256; the copy carries the hub's, so a rerun need not read it back.
-    assert core._gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
-    hash_uri = core.hash_uri
+    assert checksums.gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
+    hash_uri = checksums.hash_uri
 
     def local_only(uri: str, algorithm: str, size: int) -> str:
         assert not storage.is_gcs(uri), f"{uri} was read back"
         return hash_uri(uri, algorithm, size)
 
-    monkeypatch.setattr(core, "hash_uri", local_only)
-    assert core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test") == card
+    monkeypatch.setattr(checksums, "hash_uri", local_only)
+    assert (
+        core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test").to_dict()
+        == card
+    )
     # A recorded checksum that does not match means the object is redone.
     blob = storage.gcs_client().bucket(gcs_bucket[5:]).blob("ps/test/test-00000-of-00001.parquet")
     blob.metadata = {"asrflow-source-sha256": "0" * 64}
     blob.patch()
-    assert core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test") == card
-    assert core._gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
+    assert (
+        core.download("hf://datasets/MLCommons/peoples_speech", out, config="test", split="test").to_dict()
+        == card
+    )
+    assert checksums.gcs_metadata(target) == {"asrflow-source-sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_hub_errors(hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(core.DownloadError, match="config 'dirty' is not in the dataset card"):
+    with pytest.raises(DownloadError, match="config 'dirty' is not in the dataset card"):
         core.download("hf://datasets/MLCommons/peoples_speech", str(tmp_path / "o"), config="dirty")
-    with pytest.raises(core.DownloadError, match="two revisions given"):
+    with pytest.raises(DownloadError, match="two revisions given"):
         core.download("hf://datasets/MLCommons/peoples_speech@main", str(tmp_path / "o"), revision="v2")
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(
-        core.DownloadError, match=r"hub dataset MLCommons/peoples_speech@main: .*401.*HF_TOKEN"
+        DownloadError, match=r"hub dataset MLCommons/peoples_speech@main: .*401.*HF_TOKEN"
     ) as err:
         core.download("hf://datasets/MLCommons/peoples_speech", str(tmp_path / "o"), config="clean")
     assert "hf_wrong" not in str(err.value)
@@ -963,7 +977,7 @@ def test_component_runs_in_kfp_local_and_never_logs_the_token(
     card = json.loads(Path(task.outputs["card"].path).read_text())
     assert card == cards.read_card(str(tmp_path / "root" / key))
     assert (card["rows"], card["revision"]) == (60, HUB_SHA)
-    assert task.outputs["card"].metadata["uri"] == card["out"]
+    assert task.outputs["card"].metadata["uri"] == card["out_dir"]
     assert task.outputs["metrics"].metadata["rows"] == 60
     assert task.outputs["metrics"].metadata["hours"] == card["hours"] > 0
     logs = capfd.readouterr()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from components.download.core import DownloadError
+from components.download.errors import DownloadError
 from components.evaluate.core import EvaluateError
-from components.train import core
+from components.train import config as train_config
 from components.train.overrides import ConfigError
 from pipelines.cli import main
 
@@ -113,7 +113,7 @@ def test_train_override_of_a_key_that_does_not_exist(tmp_path: Path) -> None:
 )
 def test_bad_overrides_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        core.load_config("tiny", [override])
+        train_config.load_config("tiny", [override])
     assert str(err.value).startswith(f"override {override}: ")
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -140,15 +140,15 @@ OVERRIDES_IN_USE = [
 ]
 
 
-@pytest.mark.parametrize("config", core.config_names())
+@pytest.mark.parametrize("config", train_config.config_names())
 def test_the_overrides_in_use_still_apply(config: str) -> None:
-    cfg = core.load_config(config, OVERRIDES_IN_USE)
+    cfg = train_config.load_config(config, OVERRIDES_IN_USE)
     assert cfg.trainer.max_steps == 20000 and cfg.model.train_ds.bucket_duration_bins == [1.25, 2.5, 5.0]
     assert cfg.model.train_ds.use_bucketing is False and cfg.asrflow.seed == 7
 
 
 def test_what_overrides_may_add_and_replace() -> None:
-    cfg = core.load_config(
+    cfg = train_config.load_config(
         "tiny",
         [
             "+model.train_ds.max_tps=3.5",  # + adds a key, as in Hydra
@@ -174,12 +174,12 @@ def test_a_users_yaml_takes_the_keys_asrflow_passes(tmp_path: Path) -> None:
     """A YAML without an asrflow section still takes the seed and bins the pipeline passes."""
     yaml = tmp_path / "mine.yaml"
     yaml.write_text("model:\n  train_ds:\n    batch_duration: 100\ntrainer:\n  max_steps: 10\n")
-    cfg = core.load_config(str(yaml), ["asrflow.seed=3", "model.train_ds.bucket_duration_bins=[1.0,2.0]"])
+    cfg = train_config.load_config(str(yaml), ["asrflow.seed=3", "model.train_ds.bucket_duration_bins=[1.0,2.0]"])
     assert cfg.asrflow.seed == 3 and list(cfg.model.train_ds.bucket_duration_bins) == [1.0, 2.0]
     with pytest.raises(
         ConfigError, match=rf"config {re.escape(str(yaml))} has no key model.train_ds.batch_duraton"
     ):
-        core.load_config(str(yaml), ["model.train_ds.batch_duraton=5"])
+        train_config.load_config(str(yaml), ["model.train_ds.batch_duraton=5"])
 
 
 # --- evaluate: a file that is not a .nemo --------------------------------------------------

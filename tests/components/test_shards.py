@@ -20,12 +20,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components import storage
+from components import layout, storage
 from components.audio import Rules
 from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
+from components.member_names import member_stem
 from components.shard import core
+from components.shard import plan as shard_plan
 from components.shard.cli import write_shards as write_shards_command
-from components.sources import member_stem, open_source
+from components.shard.group import DELAY_ENV, GROUPS_DIR
+from components.shard.plan import group_specs, make_plan
+from components.shard.tar import member_header, member_info
+from components.sources import open_source
 from tests.components.shard_inputs import bad_rows, bundled_rows, write_manifest_input, write_parquet
 
 ASRFLOW = str(Path(sys.executable).with_name("asrflow"))
@@ -250,7 +255,7 @@ def test_a_rerun_merge_keeps_the_finished_dataset_and_its_bins(tmp_path: Path, b
     assert again == first
     after = {name: (data, (fan / name).stat().st_mtime_ns) for name, data in dataset_bytes(fan).items()}
     assert after == before
-    metadata = yaml.safe_load((fan / core.METADATA_NAME).read_text())
+    metadata = yaml.safe_load((fan / layout.METADATA_NAME).read_text())
     assert metadata["dataset_config"]["bucket_duration_bins"] == bins
 
 
@@ -259,7 +264,7 @@ def test_fan_out_and_merge_equal_one_run(tmp_path: Path, bundled_corpus: Path) -
     single = tmp_path / "single"
     core.write_shards(source, str(single), 5, 3, groups=2, workers=2)
     fan = tmp_path / "fan"
-    specs = core.group_specs(source, 2)
+    specs = group_specs(source, 2)
     assert specs == ["0/2", "1/2"]
     cards = []
     for spec in reversed(specs):  # order does not matter
@@ -305,9 +310,9 @@ def test_kill_and_rerun_gives_the_same_bytes(tmp_path: Path, bundled_corpus: Pat
     out = tmp_path / "killed"
     command = [ASRFLOW, "write-shards", source, "--out", str(out), "--num-shards", "4", "--groups", "2"]
     command += ["--workers", "1"]
-    env = {**os.environ, core.DELAY_ENV: "0.02"}  # about 3 s a group
+    env = {**os.environ, DELAY_ENV: "0.02"}  # about 3 s a group
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first_marker = out / core.GROUPS_DIR / "group_00000_of_00002.json"
+    first_marker = out / GROUPS_DIR / "group_00000_of_00002.json"
     deadline = time.monotonic() + 120
     while not first_marker.exists():
         assert process.poll() is None, process.stderr.read().decode()
@@ -318,7 +323,7 @@ def test_kill_and_rerun_gives_the_same_bytes(tmp_path: Path, bundled_corpus: Pat
     process.wait()
     process.stderr.close()
     assert not (out / "_SUCCESS").exists()
-    assert not (out / core.GROUPS_DIR / "group_00001_of_00002.json").exists()
+    assert not (out / GROUPS_DIR / "group_00001_of_00002.json").exists()
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(storage.TEMP_PREFIX)]
     assert leftovers, "the killed run should have been writing a shard"
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -389,8 +394,8 @@ def test_inputs_from_the_download_step(tmp_path: Path, bundled_corpus: Path, bun
     [("a.flac", 0), ("x" * 100, 123456789), ("x" * 101, 5), ("é.flac", 7), ("s_1.wav", 8**11)],
 )
 def test_member_header_is_what_tarfile_writes(name: str, size: int) -> None:
-    expected = core.member_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    assert core.member_header(name, size) == expected
+    expected = member_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    assert member_header(name, size) == expected
 
 
 def test_flac_header_fast_path_agrees_with_libsndfile(bundled_corpus: Path) -> None:
@@ -522,13 +527,13 @@ def test_a_second_writer_fails_at_once_and_the_first_finishes_intact(
     core.write_shards(source, str(reference), 4, 0, groups=2)
     out = storage.join(base, "shared")
     args = ["write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2", "--workers", "1"]
-    env = {**os.environ, core.DELAY_ENV: "0.02"}
+    env = {**os.environ, DELAY_ENV: "0.02"}
     first = subprocess.Popen(
         [ASRFLOW, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 60
-        while not storage.exists(storage.join(out, core.GROUPS_DIR, "group_00000_of_00002.json")):
+        while not storage.exists(storage.join(out, GROUPS_DIR, "group_00000_of_00002.json")):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.05)
         started = time.monotonic()
@@ -564,7 +569,7 @@ def test_pool_workers_die_with_a_killed_run_and_the_rerun_is_identical(
     out = storage.join(base, "killed")
     command = [ASRFLOW, "write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2"]
     command += ["--workers", "2"]
-    env = {**os.environ, core.DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}  # about 8 s a group
+    env = {**os.environ, DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}  # about 8 s a group
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     family: dict[int, str] = {}
     try:
@@ -589,7 +594,7 @@ def test_pool_workers_die_with_a_killed_run_and_the_rerun_is_identical(
         for pid in still_alive(family):
             os.kill(pid, signal.SIGKILL)
     assert not storage.exists(storage.join(out, "_SUCCESS"))
-    rerun = _run_cli(command[1:], env={**env, core.DELAY_ENV: "0"})
+    rerun = _run_cli(command[1:], env={**env, DELAY_ENV: "0"})
     assert rerun.returncode == 0, rerun.stderr
     for name, data in dataset_bytes(reference).items():
         assert storage.read_bytes(storage.join(out, name)) == data, name
@@ -611,7 +616,7 @@ def test_sigterm_stops_the_run_and_its_workers_and_releases_the_locks(
     out = storage.join(base, "stopped")
     command = [ASRFLOW, "write-shards", str(bundled_corpus / "clean"), "--out", out, "--num-shards", "4"]
     command += ["--groups", "2", "--workers", "2"]
-    env = {**os.environ, core.DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}
+    env = {**os.environ, DELAY_ENV: "0.05", "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     family: dict[int, str] = {}
     try:
@@ -651,14 +656,14 @@ def test_a_killed_gcs_run_leaves_no_staging_files_after_the_rerun(
     core.write_shards(source, str(reference), 4, 0, groups=2)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp), core.DELAY_ENV: "0.02"}
+    env = {**os.environ, "TMPDIR": str(tmp), DELAY_ENV: "0.02"}
     out = f"{gcs_bucket}/killed"
     command = [ASRFLOW, "write-shards", source, "--out", out, "--num-shards", "4", "--groups", "2"]
     command += ["--workers", "1"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not storage.exists(f"{out}/{core.GROUPS_DIR}/group_00000_of_00002.json"):
+        while not storage.exists(f"{out}/{GROUPS_DIR}/group_00000_of_00002.json"):
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "the first group never finished"
             time.sleep(0.05)
@@ -669,7 +674,7 @@ def test_a_killed_gcs_run_leaves_no_staging_files_after_the_rerun(
         process.stderr.close()
     staged = [p for p in tmp.rglob("*") if p.is_file()]
     assert staged and all(p.name.startswith(storage.TEMP_PREFIX) for p in staged)
-    rerun = _run_cli(command[1:], env={**env, core.DELAY_ENV: "0"})
+    rerun = _run_cli(command[1:], env={**env, DELAY_ENV: "0"})
     assert rerun.returncode == 0, rerun.stderr
     assert not [p for p in tmp.rglob("*") if p.is_file()], "the killed run's staging files are still there"
     assert all(p.is_relative_to(tmp / storage.STAGING_ROOT) for p in staged)
@@ -700,7 +705,7 @@ def test_input_spelled_otherwise_is_the_same_input(
     reference = core.write_shards(str(bundled_corpus / "clean"), str(tmp_path / "reference"), 4, 0, groups=2)
     assert reference["settings_id"] == card["settings_id"]  # the same files elsewhere: the same input
     got, want = dataset_bytes(out), dataset_bytes(tmp_path / "reference")
-    metadata = [yaml.safe_load(files.pop(core.METADATA_NAME)) for files in (got, want)]
+    metadata = [yaml.safe_load(files.pop(layout.METADATA_NAME)) for files in (got, want)]
     assert got == want
     assert [m["asrflow"].pop("input") for m in metadata] == [
         str(tmp_path / "in"),
@@ -767,7 +772,7 @@ def test_one_manifest_is_dealt_to_groups_and_workers_do_not_change_bytes(
         ]
         assert min(lines) < 30 and max(lines) >= 60, (shard_id, lines)
     # a fan-out over the same groups gives the same bytes
-    assert core.group_specs(source, 3) == ["0/3", "1/3", "2/3"]
+    assert group_specs(source, 3) == ["0/3", "1/3", "2/3"]
     fan = tmp_path / "fan"
     cards = [core.write_shards(source, str(fan), 6, 0, groups=3, group=i) for i in (2, 0, 1)]
     core.merge_groups(source, cards, 0.01)
@@ -780,9 +785,9 @@ def test_a_big_manifest_gets_several_groups_by_default(
     rows = bundled_rows(bundled_corpus, 24)
     manifest = write_manifest_input(rows, tmp_path / "set", [])
     size = manifest.stat().st_size
-    monkeypatch.setattr(core, "MANIFEST_BYTES_PER_GROUP", size // 4 + 1)
-    plan = core.make_plan(open_source(str(manifest)), 8, 0, Rules())
+    monkeypatch.setattr(shard_plan, "MANIFEST_BYTES_PER_GROUP", size // 4 + 1)
+    plan = make_plan(open_source(str(manifest)), 8, 0, Rules())
     assert len(plan.groups) == 4 and [g.shard_ids for g in plan.groups][-1] == range(6, 8)
-    assert len(core.make_plan(open_source(str(manifest)), 3, 0, Rules()).groups) == 3  # one per shard at most
+    assert len(make_plan(open_source(str(manifest)), 3, 0, Rules()).groups) == 3  # one per shard at most
     card = core.write_shards(str(manifest), str(tmp_path / "out"), 8, 0, workers=2)
     assert card["groups"] == 4 and card["utterances"] == 24

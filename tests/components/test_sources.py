@@ -14,7 +14,13 @@ import soundfile as sf
 
 from components import sources, storage
 from components.audio import Refusal, Rules, check
+from components.columns import Columns
+from components.download.card import DownloadCard
+from components.export import export_manifest
+from components.groups import deal_manifests, split_groups
+from components.items import Bad, Item, SourceError
 from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
+from components.member_names import MAX_MEMBER_STEM, member_stem
 from tests.components.shard_inputs import bundled_rows, write_manifest_input, write_parquet
 
 
@@ -26,7 +32,7 @@ def test_directory_of_parquet(bundled_corpus: Path) -> None:
     assert len(items) == sources.count_rows(source) == 300
     assert len({item.id for item in items}) == 300
     first = items[0]
-    assert isinstance(first, sources.Item)
+    assert isinstance(first, Item)
     assert first.source.endswith("train-00000-of-00004.parquet:row 0")
     assert isinstance(first.text, bytes) and first.text.decode()  # raw bytes, checked later
     assert first.duration is not None and 1.0 < first.duration < 10.0
@@ -48,53 +54,64 @@ def test_interleaving_alternates_files_in_a_fixed_order(bundled_corpus: Path) ->
 def test_directory_with_several_splits_needs_split(tmp_path: Path, bundled_corpus: Path) -> None:
     shutil.copy(bundled_corpus / "clean" / "train-00000-of-00004.parquet", tmp_path)
     shutil.copy(bundled_corpus / "validation" / "validation-00000-of-00001.parquet", tmp_path)
-    with pytest.raises(
-        sources.SourceError, match="holds the splits train, validation; choose one with --split"
-    ):
+    with pytest.raises(SourceError, match="holds the splits train, validation; choose one with --split"):
         sources.open_source(str(tmp_path))
     chosen = sources.open_source(str(tmp_path), split="validation")
     assert [Path(f.uri).name for f in chosen.files] == ["validation-00000-of-00001.parquet"]
-    with pytest.raises(sources.SourceError, match="no parquet files for split 'test'"):
+    with pytest.raises(SourceError, match="no parquet files for split 'test'"):
         sources.open_source(str(tmp_path), split="test")
 
 
 def test_missing_input_and_missing_column_are_clear_errors(tmp_path: Path, bundled_corpus: Path) -> None:
-    with pytest.raises(sources.SourceError, match="no such directory, manifest or card"):
+    with pytest.raises(SourceError, match="no such directory, manifest or card"):
         sources.open_source(str(tmp_path / "nothing"))
     table = pq.read_table(bundled_corpus / "clean" / "train-00000-of-00004.parquet").drop_columns(["text"])
     bad = tmp_path / "in" / "train-00000-of-00001.parquet"
     bad.parent.mkdir()
     pq.write_table(table, bad)
-    with pytest.raises(
-        sources.SourceError, match=r"train-00000-of-00001\.parquet: no column 'text' \(it has"
-    ):
+    with pytest.raises(SourceError, match=r"train-00000-of-00001\.parquet: no column 'text' \(it has"):
         list(sources.iter_items(sources.open_source(str(bad.parent))))
 
 
-def test_card_as_dict_and_as_file_with_column_mapping(tmp_path: Path, bundled_corpus: Path) -> None:
+def download_card(
+    raw: Path, files: list[str], columns: dict[str, str | None], duration_unit: str | None = None
+) -> DownloadCard:
+    """The card a download of parquet ``files`` into ``raw`` writes (figures made up)."""
+    return DownloadCard(
+        out_dir=str(raw), source="src", dataset="ds", config="default", split="train", revision="0" * 40,
+        format="parquet", files=files, num_files=len(files), bytes=0, rows=0, hours=0.0,
+        columns=columns, duration_unit=duration_unit,
+    )  # fmt: skip
+
+
+def test_download_card_as_file_and_directory_with_column_mapping(
+    tmp_path: Path, bundled_corpus: Path
+) -> None:
     # a LibriSpeech-like layout: other column names, no duration column
     table = pq.read_table(bundled_corpus / "validation" / "validation-00000-of-00001.parquet")
     renamed = table.rename_columns(["file", "sound", "duration_ms", "sentence"]).drop_columns(["duration_ms"])
     raw = tmp_path / "raw"
     (raw / "data").mkdir(parents=True)
     pq.write_table(renamed, raw / "data" / "part-0.parquet")
-    card = {
-        "files": ["data/part-0.parquet"],
-        "format": "parquet",
-        "columns": {"id": "file", "audio": "sound", "text": "sentence", "duration": None},
-    }
-    (raw / "card.json").write_text(json.dumps(card))
-    for given in (str(raw), str(raw / "card.json"), {**card, "out_dir": str(raw)}):
+    mapping = {"id": "file", "audio": "sound", "text": "sentence", "duration": None}
+    download_card(raw, ["data/part-0.parquet"], mapping).write(echo=False)
+    for given in (str(raw), str(raw / "card.json")):
         source = sources.open_source(given)
-        assert source.columns == sources.Columns(id="file", audio="sound", text="sentence", duration=None)
+        assert source.columns == Columns(id="file", audio="sound", text="sentence", duration=None)
         items = list(sources.iter_items(source))
         assert len(items) == 60 and all(item.duration is None for item in items)
         assert items[0].id == table.column("id")[0].as_py()
-    # the pipeline's spelling of the mapping: <role>_column keys, "" for none
-    flat = {"files": card["files"], "format": "parquet", "out_dir": str(raw), "id_column": "file"}
-    flat.update({"audio_column": "sound", "text_column": "sentence", "duration_column": ""})
-    assert sources.open_source(flat).columns.duration == ""
-    assert len(list(sources.iter_items(sources.open_source(flat)))) == 60
+    # a card of another step, or one without a required field, is named as such
+    (raw / "card.json").write_text(json.dumps({"step": "write-shards", "out_dir": str(raw)}))
+    with pytest.raises(SourceError, match=r"card.json: a write-shards card, expected a download card"):
+        sources.open_source(str(raw / "card.json"))
+    (raw / "card.json").write_text(json.dumps({"step": "download", "out_dir": str(raw)}))
+    with pytest.raises(SourceError, match=r"card.json: the download card has no source, "):
+        sources.open_source(str(raw / "card.json"))
+    bad_unit = download_card(raw, ["data/part-0.parquet"], mapping, duration_unit="h").to_dict()
+    (raw / "card.json").write_text(json.dumps(bad_unit))
+    with pytest.raises(SourceError, match=r"card.json: duration unit must be ms or s, got 'h'"):
+        sources.open_source(str(raw / "card.json"))
 
 
 def test_manifest_input_resolves_relative_paths_and_names_bad_lines(
@@ -119,8 +136,8 @@ def test_manifest_input_resolves_relative_paths_and_names_bad_lines(
     source = sources.open_source(str(manifest))
     assert source.format == sources.MANIFEST
     items = list(sources.iter_items(source))
-    good = [item for item in items if isinstance(item, sources.Item)]
-    bad = {item.source.rsplit(":", 1)[1]: item for item in items if isinstance(item, sources.Bad)}
+    good = [item for item in items if isinstance(item, Item)]
+    bad = {item.source.rsplit(":", 1)[1]: item for item in items if isinstance(item, Bad)}
     assert [item.id for item in good[:4]] == [f"wavs/utt00{i}" for i in range(4)]
     assert good[0].extra == {"speaker": 0} and good[0].audio == rows[0].audio
     assert good[0].duration == rows[0].duration_ms / 1000
@@ -142,38 +159,38 @@ def test_manifest_input_resolves_relative_paths_and_names_bad_lines(
 
 def test_split_groups_is_balanced_and_deterministic() -> None:
     files = [storage.FileInfo(f"f{i:02d}", size) for i, size in enumerate([90, 10, 40, 40, 30, 30, 20, 20])]
-    groups = sources.split_groups(files, 3)
-    assert groups == sources.split_groups(list(reversed(files)), 3)
+    groups = split_groups(files, 3)
+    assert groups == split_groups(list(reversed(files)), 3)
     assert sorted(f.uri for g in groups for f in g) == [f.uri for f in files]
     loads = sorted(sum(f.size for f in g) for g in groups)
     assert loads == [90, 90, 100]
     assert all([f.uri for f in g] == sorted(f.uri for f in g) for g in groups)
-    assert len(sources.split_groups(files[:2], 5)) == 2
+    assert len(split_groups(files[:2], 5)) == 2
 
 
 def test_member_stem_is_safe_for_tars_and_nemo() -> None:
-    stem = sources.member_stem("a/b.c/d e.flac")
+    stem = member_stem("a/b.c/d e.flac")
     assert stem.startswith("a_b_c_d_e-") and len(stem) == len("a_b_c_d_e-") + 16
-    assert sources.member_stem("x" * 500) != sources.member_stem("x" * 499)
-    assert len(sources.member_stem("x" * 500)) == sources.MAX_MEMBER_STEM
+    assert member_stem("x" * 500) != member_stem("x" * 499)
+    assert len(member_stem("x" * 500)) == MAX_MEMBER_STEM
     for item_id in ("a/b.c/d e.flac", "x" * 500, "é", "a.b", "", "x.flac"):
-        assert re.fullmatch(r"[A-Za-z0-9_-]{1,160}", sources.member_stem(item_id)), item_id
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,160}", member_stem(item_id)), item_id
 
 
 def test_member_stems_are_injective_and_keep_safe_ids() -> None:
     """Sanitising used to map a.b and a_b (and x and x.flac, x/y and x_y) to one member name."""
     # ids that are already safe member names keep them (LibriSpeech ids, most datasets')
-    for item_id in ("a_b", "1089-134686-0000", "utt_001", "X" * sources.MAX_MEMBER_STEM):
-        assert sources.member_stem(item_id) == item_id
+    for item_id in ("a_b", "1089-134686-0000", "utt_001", "X" * MAX_MEMBER_STEM):
+        assert member_stem(item_id) == item_id
     colliding = [
         "a.b", "a_b", "a b", "a/b", "a-b", "x", "x.flac", "x.FLAC", "x.wav", "x/y", "x_y", "é", "è",
         "a_b-0123456789abcdef",  # looks like an escaped stem: escaped itself
         "y" * 200, "y" * 201, "y" * 143 + "z" * 60,
     ]  # fmt: skip
-    colliding.append(sources.member_stem("a.b"))  # an id equal to another id's escaped stem
-    stems = [sources.member_stem(item_id) for item_id in colliding]
+    colliding.append(member_stem("a.b"))  # an id equal to another id's escaped stem
+    stems = [member_stem(item_id) for item_id in colliding]
     assert len(set(stems)) == len(colliding), stems
-    assert sources.member_stem("a_b-0123456789abcdef") != "a_b-0123456789abcdef"
+    assert member_stem("a_b-0123456789abcdef") != "a_b-0123456789abcdef"
 
 
 def test_fingerprint_is_the_content_not_the_spelling(
@@ -207,8 +224,8 @@ def test_dealing_a_manifest_gives_every_item_to_one_group(tmp_path: Path, bundle
     source = sources.open_source(str(manifest))
     whole = [(item.source, item.id) for item in sources.iter_items(source)]
     assert len(whole) == 11
-    groups = sources.deal_manifests(source.files, 3)
-    assert groups == sources.deal_manifests(source.files, 3)  # deterministic
+    groups = deal_manifests(source.files, 3)
+    assert groups == deal_manifests(source.files, 3)  # deterministic
     dealt = [[(item.source, item.id) for item in sources.iter_items(source, parts)] for parts in groups]
     assert [len(items) for items in dealt] == [4, 4, 3]
     assert sorted(x for items in dealt for x in items) == sorted(whole)
@@ -231,9 +248,9 @@ def test_export_manifest_of_the_bundled_validation_split(
         assert entry["text"] == normalize_text(row["text"]) and entry["source_id"] == row["id"]
     assert (bundled_eval_manifest.parent / "_SUCCESS").exists()
     # a finished export is returned as it is
-    assert sources.export_manifest(
-        str(bundled_corpus / "validation"), str(bundled_eval_manifest.parent)
-    ) == str(bundled_eval_manifest)
+    assert export_manifest(str(bundled_corpus / "validation"), str(bundled_eval_manifest.parent)) == str(
+        bundled_eval_manifest
+    )
 
 
 def test_export_manifest_converts_and_rejects(tmp_path: Path, bundled_corpus: Path) -> None:
@@ -243,9 +260,9 @@ def test_export_manifest_converts_and_rejects(tmp_path: Path, bundled_corpus: Pa
     rows = valid + bad_rows(valid)
     write_parquet(rows, tmp_path / "in" / "test-00000-of-00001.parquet")
     with pytest.raises(RejectThresholdExceeded, match=r"export-manifest: rejected 7 of 23 items"):
-        sources.export_manifest(str(tmp_path / "in"), str(tmp_path / "strict"))
+        export_manifest(str(tmp_path / "in"), str(tmp_path / "strict"))
     assert not (tmp_path / "strict" / "_SUCCESS").exists()
-    manifest = sources.export_manifest(str(tmp_path / "in"), str(tmp_path / "out"), max_reject_fraction=0.5)
+    manifest = export_manifest(str(tmp_path / "in"), str(tmp_path / "out"), max_reject_fraction=0.5)
     entries = read_manifest(manifest)
     kept = {entry["source_id"] for entry in entries}
     # no duration filter for evaluation: long and short audio are kept; 8 kHz and stereo converted

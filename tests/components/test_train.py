@@ -7,6 +7,9 @@ torchrun. The uninterrupted run is made once per module and shared.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
 import json
 import os
 import random
@@ -23,7 +26,10 @@ import pytest
 from omegaconf import open_dict
 
 from components import manifest, storage
-from components.train import checkpoints, core, data
+from components.train import checkpoints, config, data, hardware, model
+from components.train.errors import TrainError
+from components.train.settings import TrainSettings, kfp_default, kfp_type
+from components.train.tokenizer import train_tokenizer
 
 ASRFLOW = str(Path(sys.executable).with_name("asrflow"))
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -68,6 +74,19 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
     return f"exit {result.returncode}\n--- stderr (tail) ---\n{result.stderr[-6000:]}"
 
 
+def gcs_validation_set(bundled_eval_manifest: Path, uri: str, count: int = 4) -> str:
+    """The first ``count`` utterances of the eval manifest on gs://, audio paths relative."""
+    entries = manifest.read_manifest(str(bundled_eval_manifest))[:count]
+    relative = []
+    for entry in entries:
+        audio = Path(entry["audio_filepath"])
+        audio = audio if audio.is_absolute() else bundled_eval_manifest.parent / audio
+        storage.upload_file(audio, storage.join(uri, "audio", audio.name))
+        relative.append({**entry, "audio_filepath": f"audio/{audio.name}"})
+    manifest.write_manifest(storage.join(uri, "manifest.json"), relative)
+    return storage.join(uri, "manifest.json")
+
+
 @pytest.fixture(scope="module")
 def trained_run(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
     """One uninterrupted tiny run to MAX_STEPS: (run_dir, card, stderr)."""
@@ -81,17 +100,66 @@ def trained_run(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path_fact
 
 
 def test_shipped_configs_open_with_their_command_and_load():
-    for name in ("conformer_ctc_char", "conformer_ctc_bpe", "tiny", "small"):
-        text = (core.CONF_DIR / f"{name}.yaml").read_text()
+    assert config.config_names() == ["conformer_ctc_bpe", "conformer_ctc_char", "small", "tiny"]
+    for name in config.config_names():
+        text = (config.CONF_DIR / f"{name}.yaml").read_text()
         assert text.startswith("# asrflow "), name
         assert f"--config {name}" in text.splitlines()[0] + text.splitlines()[1], name
-        cfg = core.load_config(name)
+        cfg = config.load_config(name)
         assert cfg.model.train_ds.use_lhotse and cfg.trainer.use_distributed_sampler is False
         assert cfg.trainer.max_steps > 0 and cfg.trainer.limit_train_batches > 0
+        assert config.BASE_KEY not in cfg and config.REPLACE_KEY not in str(cfg)
+
+
+# sha256 (first 16 hex digits) of each shipped config as it loaded before the configs became a
+# base plus deltas (issue 13): json.dumps(OmegaConf.to_container(cfg), sort_keys=True). The
+# composition changed no config; a deliberate change to a config updates its line here.
+COMPOSED_CONFIGS = {
+    "conformer_ctc_bpe": "b425f6002b54796b",
+    "conformer_ctc_char": "2ce40e8283327b71",
+    "small": "720e30843194685c",
+    "tiny": "6d7268e466610bf5",
+}
+
+
+def test_composed_configs_are_the_configs_they_replace():
+    from omegaconf import OmegaConf
+
+    for name, digest in COMPOSED_CONFIGS.items():
+        tree = OmegaConf.to_container(config.load_config(name), resolve=False)
+        assert hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16] == digest, name
+
+
+def test_a_delta_merges_into_its_base_and_may_replace_a_section(tmp_path: Path):
+    small = config.load_config("small")
+    assert dict(small.model.optim.sched) == {"name": "CosineAnnealing", "warmup_steps": 50, "min_lr": 1e-5}
+    assert small.model.encoder.d_model == 144 and small.model.encoder.n_layers == 6
+    assert list(small.model.labels) == list(config.load_config("conformer_ctc_char").model.labels)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("_base_: tiny\ntrainer:\n  max_steps: 3\n")
+    cfg = config.load_config(str(mine))
+    assert cfg.trainer.max_steps == 3 and cfg.model.encoder.d_model == 48
+    mine.write_text("_base_: nope\n")
+    with pytest.raises(TrainError, match="_base_ 'nope' is not a config under"):
+        config.load_config(str(mine))
+    with pytest.raises(TrainError, match="unknown config 'base/conformer_ctc'"):
+        config.load_config("base/conformer_ctc")  # a base is not a config to run
+
+
+def test_every_config_file_is_package_data():
+    """The images install the package: every YAML under conf/ must be matched by its package-data."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["components.train"]
+    for path in config.CONF_DIR.rglob("*.yaml"):
+        relative = path.relative_to(config.CONF_DIR.parent)
+        assert any(relative.match(pattern) for pattern in shipped), f"{relative} is not in {shipped}"
 
 
 def test_char_vocabulary_is_what_normalisation_can_produce():
-    cfg = core.load_config("conformer_ctc_char")
+    cfg = config.load_config("conformer_ctc_char")
     labels = list(cfg.model.labels)
     assert len(labels) == len(set(labels))
     produced = set(
@@ -102,34 +170,34 @@ def test_char_vocabulary_is_what_normalisation_can_produce():
 
 
 def test_the_char_recipe_is_the_27m_conformer():
-    cfg = core.load_config("conformer_ctc_char")
+    cfg = config.load_config("conformer_ctc_char")
     enc = cfg.model.encoder
     assert (enc.d_model, enc.n_layers, enc.n_heads, enc.subsampling_factor) == (256, 16, 8, 4)
     assert cfg.model.preprocessor.features == 80 and cfg.model.optim.sched.name == "NoamAnnealing"
-    model = core.build_model(cfg)
-    assert 26e6 < sum(p.numel() for p in model.parameters()) < 29e6
+    built = model.build_model(cfg)
+    assert 26e6 < sum(p.numel() for p in built.parameters()) < 29e6
 
 
 def test_overrides_and_bad_configs():
-    cfg = core.load_config("tiny", ["trainer.max_steps=7", "model.optim.lr=0.25"])
+    cfg = config.load_config("tiny", ["trainer.max_steps=7", "model.optim.lr=0.25"])
     assert cfg.trainer.max_steps == 7 and cfg.model.optim.lr == 0.25
-    with pytest.raises(core.TrainError, match="unknown config"):
-        core.load_config("no-such-config")
-    with pytest.raises(core.TrainError, match="key=value"):
-        core.load_config("tiny", ["trainer.max_steps"])
+    with pytest.raises(TrainError, match="unknown config"):
+        config.load_config("no-such-config")
+    with pytest.raises(TrainError, match="key=value"):
+        config.load_config("tiny", ["trainer.max_steps"])
 
 
 def test_hardware_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    hardware = core.resolve_hardware()
-    assert (hardware.devices, hardware.num_nodes, hardware.world_size) == (1, 2, 2)
-    assert hardware.precision == "32"  # no GPU here
-    assert core.resolve_hardware(devices=2, num_nodes=1, precision="bf16-mixed").precision == "bf16-mixed"
-    assert core.resolve_hardware(precision="16-mixed").precision == "32"  # a V100 pool's setting on CPU
+    found = hardware.resolve_hardware()
+    assert (found.devices, found.num_nodes, found.world_size) == (1, 2, 2)
+    assert found.precision == "32"  # no GPU here
+    assert hardware.resolve_hardware(devices=2, num_nodes=1, precision="bf16-mixed").precision == "bf16-mixed"
+    assert hardware.resolve_hardware(precision="16-mixed").precision == "32"  # a V100 pool's setting on CPU
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delenv("WORLD_SIZE")
-    assert core.resolve_hardware().world_size == 1
+    assert hardware.resolve_hardware().world_size == 1
 
 
 def test_data_seed_changes_with_the_resume_step():
@@ -397,7 +465,7 @@ def test_bpe_tokenizer_and_bpe_config(bundled_shards: Path, bundled_eval_manifes
     assert storage.is_complete(str(tokenizer)) and (tokenizer / "tokenizer.model").stat().st_size > 0
     # a manifest works as the source too, and the same input gives the same tokenizer bytes
     for name in ("t2", "t3"):
-        core.train_tokenizer(str(bundled_shards / "tarred_audio_manifest.json"), str(tmp_path / name), 64)
+        train_tokenizer(str(bundled_shards / "tarred_audio_manifest.json"), str(tmp_path / name), 64)
     assert (tmp_path / "t2" / "tokenizer.model").read_bytes() == (
         tmp_path / "t3" / "tokenizer.model"
     ).read_bytes()
@@ -448,15 +516,7 @@ def test_gcs_shards_and_run_dir(
     for path in sorted(bundled_shards.rglob("*")):
         if path.is_file():
             storage.upload_file(path, storage.join(shards, str(path.relative_to(bundled_shards))))
-    val_dir = storage.join(gcs_bucket, "validation")
-    entries = manifest.read_manifest(str(bundled_eval_manifest))[:6]
-    relative = []
-    for entry in entries:
-        audio = Path(entry["audio_filepath"])
-        audio = audio if audio.is_absolute() else bundled_eval_manifest.parent / audio
-        storage.upload_file(audio, storage.join(val_dir, "audio", audio.name))
-        relative.append({**entry, "audio_filepath": f"audio/{audio.name}"})
-    manifest.write_manifest(storage.join(val_dir, "manifest.json"), relative)
+    val_manifest = gcs_validation_set(bundled_eval_manifest, storage.join(gcs_bucket, "validation"), count=6)
     run_dir = storage.join(gcs_bucket, "runs", "r1")
     env = {**asrflow_env(), "ASRFLOW_SCRATCH": str(tmp_path / "scratch")}
     result = subprocess.run(
@@ -465,7 +525,7 @@ def test_gcs_shards_and_run_dir(
             "train",
             shards,
             "--val",
-            storage.join(val_dir, "manifest.json"),
+            val_manifest,
             "--config",
             "tiny",
             "--run-dir",
@@ -488,48 +548,141 @@ def test_gcs_shards_and_run_dir(
     assert storage.list_files(storage.join(run_dir, "tensorboard"))
 
 
-def test_train_argv_is_what_the_cli_parses():
+FULL_SETTINGS = TrainSettings(
+    tarred_dir="shards",
+    val_manifest="val.json",
+    run_dir="gs://b/runs/r",
+    config="small",
+    overrides=["model.optim.lr=0.5"],
+    max_steps=9,
+    seed=7,
+    checkpoint_every=3,
+    bucket_bins=[1.25, 2.5, 5],
+    max_bad_shards=2,
+    stall_timeout=0.5,
+    tokenizer_dir="gs://b/tokenizer",
+    init_from="m.nemo",
+    freeze_encoder=True,
+    devices=2,
+    num_nodes=3,
+    precision="32",
+)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [FULL_SETTINGS, TrainSettings(tarred_dir="shards", val_manifest="val.json", run_dir="run")],
+    ids=["every-setting", "defaults"],
+)
+def test_the_argv_of_settings_parses_back_into_the_same_settings(settings: TrainSettings):
+    """What a KFP task or a TrainJob runs (to_argv) is what ``asrflow train`` parses."""
+    from components.train.cli import parse_train_args
+
+    assert parse_train_args(settings.to_argv()) == settings
+
+
+def test_the_cli_options_are_the_settings_fields():
     from components.train.cli import train as train_command
 
-    argv = core.train_argv(
-        "shards",
-        "val.json",
-        "gs://b/runs/r",
-        config="small",
-        overrides=["model.optim.lr=0.5"],
-        max_steps=9,
-        seed=7,
-        checkpoint_every=3,
-        init_from="m.nemo",
-        freeze_encoder=True,
-        devices=2,
-        precision="32",
-    )
-    assert argv[0] == "train"
-    params = train_command.make_context("train", argv[1:]).params
-    assert params["tarred_dir"] == "shards" and params["run_dir"] == "gs://b/runs/r"
-    assert params["overrides"] == ("trainer.max_steps=9", "asrflow.seed=7", "model.optim.lr=0.5")
-    assert params["checkpoint_every"] == 3
-    assert params["freeze_encoder"] and params["devices"] == 2 and params["num_nodes"] is None
-    with pytest.raises(core.TrainError, match="key=value"):
-        core.train_argv("s", "v", "r", overrides=["oops"])
+    names = [param.name for param in train_command.params if param.name != "help"]
+    assert names == [field.name for field in dataclasses.fields(TrainSettings)]
+    flags = {opt for param in train_command.params for opt in getattr(param, "opts", [])}
+    assert {"--val", "--run-dir", "--tokenizer", "--max-bad-shards", "--stall-timeout"} <= flags
+
+
+def test_settings_that_stand_for_overrides_come_before_the_explicit_ones():
+    assert FULL_SETTINGS.config_overrides() == [
+        "model.train_ds.bucket_duration_bins=[1.25,2.5,5.0]",
+        "trainer.max_steps=9",
+        "asrflow.seed=7",
+        "model.optim.lr=0.5",
+    ]
+    cfg = config.load_config("tiny", [*FULL_SETTINGS.config_overrides(), "trainer.max_steps=4"])
+    assert cfg.trainer.max_steps == 4 and cfg.asrflow.seed == 7  # the explicit override wins
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"overrides": ["oops"]}, "overrides must be key=value, got: oops"),
+        ({"max_bad_shards": -1}, "--max-bad-shards must be 0 or more, got -1"),
+        ({"devices": 0}, "--devices must be 1 or more, got 0"),
+        ({"precision": "64"}, "--precision must be one of 32, 16-mixed"),
+        ({"stall_timeout": "soon"}, "--stall-timeout takes float values, got 'soon'"),
+        ({"bucket_bins": [1.0, "x"]}, "--bucket-bins takes float values, got 'x'"),
+        ({"run_dir": None}, "--run-dir is required"),
+    ],
+)
+def test_settings_are_checked_when_made(change: dict, message: str):
+    with pytest.raises(TrainError, match=re.escape(message)):
+        dataclasses.replace(FULL_SETTINGS, **change)
+
+
+def test_bad_settings_on_the_command_line():
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    result = CliRunner().invoke(main, ["train", "s", "--val", "v", "--run-dir", "r", "--devices", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--devices'" in result.output
+    result = CliRunner().invoke(main, ["train", "s", "--val", "v", "--run-dir", "r", "trainer.max_steps"])
+    assert result.exit_code == 1
+    assert "Error: overrides must be key=value, got: trainer.max_steps" in result.output
+
+
+# KFP components that take the training settings, and the fields each works out itself.
+COMPONENT_OWN_FIELDS = {
+    "train": {"run_dir"},  # from data_root and run_id
+    "launch_trainjob": {"run_dir", "devices"},  # torchrun starts a process per GPU of the pool
+}
+
+
+def training_components() -> dict[str, object]:
+    from components.train.component import train
+    from pipelines.launch_trainjob import launch_trainjob
+
+    return {"train": train.python_func, "launch_trainjob": launch_trainjob.python_func}
+
+
+@pytest.mark.parametrize("name", sorted(COMPONENT_OWN_FIELDS))
+def test_component_parameters_are_the_settings_fields(name: str):
+    """KFP reads parameters from literal signatures: each field must be a parameter (but those
+    the component works out itself) with its KFP type and default (the field's ``unset`` value
+    for None), described in the docstring."""
+    import docstring_parser
+
+    func = training_components()[name]
+    parameters = inspect.signature(func).parameters
+    described = {p.arg_name for p in docstring_parser.parse(func.__doc__).params}
+    for field in dataclasses.fields(TrainSettings):
+        if field.name in COMPONENT_OWN_FIELDS[name]:
+            assert field.name not in parameters, (name, field.name)
+            continue
+        parameter = parameters[field.name]
+        assert parameter.annotation is kfp_type(TrainSettings, field), (name, field.name)
+        if parameter.default is not inspect.Parameter.empty:  # a required one: the pipeline passes it
+            assert parameter.default == kfp_default(field), (name, field.name)
+        assert field.name in described, (name, field.name)
+    defaults = {k: p.default for k, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    required = {"tarred_dir": "t", "val_manifest": "v"}
+    made = TrainSettings.from_kfp({**defaults, **required}, run_dir="r", num_nodes=None)
+    assert made == TrainSettings(**required, run_dir="r")
 
 
 def test_bins_from_the_pipeline_win_over_metadata_yaml(bundled_shards: Path, tmp_path: Path):
-    """The pipeline hands estimate-buckets' output to train (train_argv's bucket_bins), so the
+    """The pipeline hands estimate-buckets' output to train (the bucket_bins setting), so the
     bins do not depend on what metadata.yaml holds when training starts."""
-    from components.train.cli import train as train_command
     from components.train.data import open_tarred_dataset
 
-    argv = core.train_argv("shards", "val.json", "run", config="tiny", bucket_bins=[1.25, 2.5, 5.0])
-    overrides = list(train_command.make_context("train", argv[1:]).params["overrides"])
+    settings = TrainSettings(tarred_dir="s", val_manifest="v", run_dir="r", bucket_bins=[1.25, 2.5, 5.0])
+    overrides = settings.config_overrides()
     assert overrides == ["model.train_ds.bucket_duration_bins=[1.25,2.5,5.0]"]
-    cfg = core.load_config("tiny", overrides)
+    cfg = config.load_config("tiny", overrides)
     with open_dict(cfg.model.train_ds):
         cfg.model.train_ds.use_bucketing = True
     dataset = open_tarred_dataset(str(bundled_shards), str(tmp_path / "data"))
     assert dataset.bucket_duration_bins() is None  # the shared fixture has no bins of its own
-    core._configure_data(cfg, dataset, "val.json", seed=0)
+    config.configure_data(cfg, dataset, "val.json", seed=0)
     assert list(cfg.model.train_ds.bucket_duration_bins) == [1.25, 2.5, 5.0]
     assert cfg.model.train_ds.num_buckets == 4 and cfg.model.train_ds.use_bucketing
 

@@ -25,6 +25,7 @@ from tests.components.test_train import (
     RUN_TIMEOUT_S,
     asrflow_env,
     explain,
+    gcs_validation_set,
     last_json_line,
     run_asrflow,
     train_args,
@@ -37,18 +38,6 @@ def upload_tree(local: Path, uri: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
             storage.upload_file(path, storage.join(uri, str(path.relative_to(local))))
-
-
-def gcs_validation_set(bundled_eval_manifest: Path, uri: str, count: int = 4) -> str:
-    entries = manifest.read_manifest(str(bundled_eval_manifest))[:count]
-    relative = []
-    for entry in entries:
-        audio = Path(entry["audio_filepath"])
-        audio = audio if audio.is_absolute() else bundled_eval_manifest.parent / audio
-        storage.upload_file(audio, storage.join(uri, "audio", audio.name))
-        relative.append({**entry, "audio_filepath": f"audio/{audio.name}"})
-    manifest.write_manifest(storage.join(uri, "manifest.json"), relative)
-    return storage.join(uri, "manifest.json")
 
 
 def copy_shards(bundled_shards: Path, target: Path) -> Path:
@@ -458,7 +447,7 @@ def test_no_progress_for_the_stall_timeout_is_an_error(hung_gcs_training):
     )
     assert result.returncode == 1, explain(result)
     assert (
-        "no training progress for 6s (--stall-timeout 6s) after step 0, waiting for training data"
+        "no training progress for 00:06 (--stall-timeout 6) after step 0, waiting for training data"
         in result.stderr
     )
     assert "Traceback" not in result.stderr
@@ -551,8 +540,8 @@ def test_a_checkpoint_that_would_run_code_is_never_unpickled(
 
 
 def test_the_trainer_loads_checkpoints_safely(tmp_path: Path):
-    from components.train import core
+    from components.train.config import load_config
+    from components.train.hardware import make_trainer, resolve_hardware
 
-    cfg = core.load_config("tiny")
-    trainer = core._make_trainer(cfg, core.resolve_hardware(), [], False, tmp_path)
+    trainer = make_trainer(load_config("tiny"), resolve_hardware(), [], False, tmp_path)
     assert type(trainer.strategy.checkpoint_io).__name__ == "SafeCheckpointIO"

@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import shlex
@@ -244,6 +245,16 @@ def _synthesize_batch(utterances: list[Utterance]) -> list[tuple[bytes, int]]:
     return [synthesize(u) for u in utterances]
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Synthesis workers start from a fork server that has imported this module, never as a fork
+    of the caller: a caller such as pytest holds threads (Arrow's pools, servers, monitors) and
+    a fork copies whatever lock one of them holds at that instant, so that a worker can hang, more
+    often the busier the machine."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 class _Spill:
     """Rows appended to an Arrow IPC file on disk, so that memory stays flat for big corpora."""
 
@@ -370,7 +381,8 @@ def generate_corpus(
     counts = {"train": train, "validation": dev, "test": test}
     summary: dict = {"seed": seed, "splits": {}}
     forbidden: set[str] = set()
-    with ProcessPoolExecutor(max_workers=workers) as pool, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context())
+    with pool, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         for split, count in counts.items():
             unbounded = split == "train" and hours is not None
             plan = plan_split(seed, split, 10**9 if unbounded else count, frozenset(forbidden))

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.images
 
 REPO = Path(__file__).resolve().parents[2]
 OWN_PACKAGES = ("components", "pipelines")
-# components.train.core serves training too; the TrainJob launcher (a data-image step) calls
-# only these of its functions, so only their imports must work in the data image.
-CALLED_ONLY = {"components.train.core": {"run_dir_for", "train_argv", "write_run_outputs"}}
+# components.train.config serves training too; the TrainJob launcher (a data-image step) reaches
+# it through the settings, which call only config_names, so only its imports must work there.
+CALLED_ONLY = {"components.train.config": {"config_names"}}
 # Files that must never be in a layer: pip's and uv's configuration, the machine's wheel
 # directories and indexes, anything under /mnt (where the builds mount the installer's
 # settings, read-only and for a RUN only), credentials.
@@ -159,8 +159,11 @@ def import_closure(func) -> list[tuple[str, list[str]]]:
 def components_of(image: str) -> dict[str, object]:
     """name -> the Python function of every KFP component whose image is ``image``."""
     out = {}
-    for path in sorted(REPO.glob("components/*/component.py")):
-        module = importlib.import_module(f"components.{path.parent.name}.component")
+    modules = [
+        f"components.{path.parent.name}.component" for path in sorted(REPO.glob("components/*/component.py"))
+    ]
+    for module_name in [*modules, "pipelines.launch_trainjob"]:
+        module = importlib.import_module(module_name)
         for name, obj in vars(module).items():
             spec = getattr(obj, "component_spec", None)
             if spec is not None and spec.implementation.container.image == image:

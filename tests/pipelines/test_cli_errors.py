@@ -20,8 +20,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from components.cli_errors import DEBUG_HINT
 from pipelines import remote
-from pipelines.cli import DEBUG_HINT, main
+from pipelines.cli import main
 from tests.components.test_errors import closed_port, debug_traceback, one_error_line
 
 ASRFLOW = str(Path(sys.executable).with_name("asrflow"))

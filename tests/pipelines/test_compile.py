@@ -68,8 +68,30 @@ def test_gpu_steps_on_the_spot_gpu_pool(compiled) -> None:
 
 def test_training_precision_matches_the_gpu(compiled) -> None:
     gpu, c = compiled
-    precision = c.tasks["train"]["inputs"]["parameters"]["precision"]["runtimeValue"]["constant"]
-    assert precision == {"v100": "16-mixed", "a100": "bf16-mixed"}[gpu]
+    for step in ("train", "launch-trainjob"):
+        precision = c.tasks[step]["inputs"]["parameters"]["precision"]["runtimeValue"]["constant"]
+        assert precision == {"v100": "16-mixed", "a100": "bf16-mixed"}[gpu], step
+
+
+def test_training_parameters_pass_through_as_settings(compiled) -> None:
+    """The pipeline parameters that are training settings have the settings' KFP types, valid
+    defaults, and reach both training steps as the setting of that name."""
+    import dataclasses
+    import inspect
+
+    from components.train.settings import TrainSettings, kfp_type
+    from pipelines.asr_training import TRAINING_PARAMETERS, asr_training
+
+    _, c = compiled
+    fields = {field.name: field for field in dataclasses.fields(TrainSettings)}
+    parameters = inspect.signature(asr_training.pipeline_func).parameters
+    for name, setting in TRAINING_PARAMETERS.items():
+        assert parameters[name].annotation is kfp_type(TrainSettings, fields[setting]), name
+        required = {"tarred_dir": "t", "val_manifest": "v", "run_dir": "r"}
+        TrainSettings.from_kfp({setting: parameters[name].default}, **required)  # a valid default
+        for step in ("train", "launch-trainjob"):
+            source = c.tasks[step]["inputs"]["parameters"][setting]["componentInputParameter"]
+            assert source == f"pipelinechannel--{name}", (step, setting)
 
 
 def test_data_steps_on_the_cpu_pool(compiled) -> None:

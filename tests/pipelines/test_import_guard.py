@@ -1,16 +1,18 @@
-"""Modules the pipeline compiler imports may import only the standard library and kfp at top
-level: compiling the DAG must not need NeMo, torch or Lhotse (DESIGN.md, rules of the code)."""
+"""The import rules of ARCHITECTURE.md ("What may import what"): ``components`` never imports
+``pipelines``; modules the pipeline compiler imports import only the standard library and kfp at
+top level, so that compiling the DAG needs no NeMo, torch or Lhotse."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import architecture
+
+REPO = architecture.REPO
 ALLOWED_ROOTS = {"kfp", "components", "pipelines", "__future__"}
 HEAVY = (
     "torch",
@@ -38,13 +40,7 @@ def compiler_modules() -> list[Path]:
 
 def top_level_imports(path: Path) -> list[str]:
     """Module names imported at module level (not inside functions or classes)."""
-    names = []
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.append(node.module)
-    return names
+    return [found.target for found in architecture.imports(path) if found.top_level]
 
 
 @pytest.mark.parametrize("path", compiler_modules(), ids=lambda p: str(p.relative_to(REPO)))
@@ -73,3 +69,15 @@ def test_compiling_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert result.stdout.strip() == "", f"compiling imports {result.stdout.strip()}"
+
+
+def test_components_never_import_pipelines() -> None:
+    """Not at top level, not inside a function, not through importlib with a literal name."""
+    modules = architecture.project_modules(REPO, ["components"])
+    offenders = [
+        f"{path.relative_to(REPO)}:{found.line} imports {found.target}"
+        for name, path in modules.items()
+        for found in architecture.imports(path, name)
+        if architecture.in_layers(found.target, ["pipelines"])
+    ]
+    assert not offenders, "components/ must not import pipelines/ (ARCHITECTURE.md):\n" + "\n".join(offenders)

@@ -31,6 +31,26 @@ from kubernetes import client as k8s
 from components.progress import Progress
 from pipelines import kubectl_plugin as kp
 from pipelines import placement, trainjob
+from pipelines.kubectl import cluster as kube_api
+from pipelines.kubectl import kubeconfig
+from pipelines.kubectl.kubeconfig import NAMESPACE_ENV, Target, resolve_target
+from pipelines.kubectl.pods import (
+    JOBSET_RESTART_LABEL,
+    KFP_CONTAINER,
+    NODE_NAME_ANNOTATION,
+    WORKFLOW_LABEL,
+    choose_pod,
+    is_preempted,
+    log_container,
+    node_pool,
+    pod_state,
+    retry_index,
+    run_id,
+    step_name,
+    task_key,
+)
+from pipelines.kubectl.report import OUTPUTS, STEP_HEADER, format_runs, render_runs
+from pipelines.kubectl.summary import RunSummary, parse_progress, progress_pods, summarize
 
 T0 = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 NOW = T0 + dt.timedelta(hours=3)
@@ -57,7 +77,7 @@ def kfp_pod(
     """A KFP v2 task pod: Argo's labels and node name, asrflow's labels, the pool's selector."""
     labels = {
         placement.KFP_RUN_ID_LABEL: run,
-        kp.WORKFLOW_LABEL: WORKFLOW,
+        WORKFLOW_LABEL: WORKFLOW,
         "pipelines.kubeflow.org/v2_component": "true",
         placement.PART_OF_LABEL: placement.PART_OF,
         placement.STEP_LABEL: step,
@@ -68,11 +88,11 @@ def kfp_pod(
             name=name,
             namespace=placement.NAMESPACE,
             labels=labels,
-            annotations={kp.NODE_NAME_ANNOTATION: node or f"{WORKFLOW}.root.{step}.executor"},
+            annotations={NODE_NAME_ANNOTATION: node or f"{WORKFLOW}.root.{step}.executor"},
             creation_timestamp=T0 + dt.timedelta(minutes=minutes),
         ),
         spec=k8s.V1PodSpec(
-            containers=[k8s.V1Container(name="wait"), k8s.V1Container(name=kp.KFP_CONTAINER)],
+            containers=[k8s.V1Container(name="wait"), k8s.V1Container(name=KFP_CONTAINER)],
             node_selector=pool.node_selector,
         ),
         status=k8s.V1PodStatus(
@@ -81,7 +101,7 @@ def kfp_pod(
             conditions=conditions,
             container_statuses=[
                 k8s.V1ContainerStatus(
-                    name=kp.KFP_CONTAINER,
+                    name=KFP_CONTAINER,
                     image="img",
                     image_id="",
                     ready=phase == "Running",
@@ -118,7 +138,7 @@ def trainjob_pod(name: str, job: str, index: int, *, restart: int = 0, phase: st
         placement.DATASET_LABEL: "peoples_speech",
         trainjob.JOBSET_NAME_LABEL: job,
         trainjob.COMPLETION_INDEX_LABEL: str(index),
-        kp.JOBSET_RESTART_LABEL: str(restart),
+        JOBSET_RESTART_LABEL: str(restart),
     }
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(
@@ -199,14 +219,14 @@ def pods() -> list[k8s.V1Pod]:
 
 def test_run_step_retry_and_task_come_from_labels_and_argo_node_names(pods: list[k8s.V1Pod]) -> None:
     by_name = {p.metadata.name: p for p in pods}
-    assert kp.run_id(by_name["tr-2"]) == RUN
-    assert kp.retry_index(by_name["tr-2"]) == 2
-    assert kp.retry_index(by_name["ws-0"]) == 0
-    assert kp.task_key(by_name["ws-1a"]) == kp.task_key(by_name["ws-1b"])
-    assert kp.task_key(by_name["ws-0"]) != kp.task_key(by_name["ws-1b"])
-    assert kp.node_pool(by_name["tr-2"]) == placement.V100_POOL.name
+    assert run_id(by_name["tr-2"]) == RUN
+    assert retry_index(by_name["tr-2"]) == 2
+    assert retry_index(by_name["ws-0"]) == 0
+    assert task_key(by_name["ws-1a"]) == task_key(by_name["ws-1b"])
+    assert task_key(by_name["ws-0"]) != task_key(by_name["ws-1b"])
+    assert node_pool(by_name["tr-2"]) == placement.V100_POOL.name
     pod = trainjob_pod("tj-a", "job", 1, restart=3)
-    assert (kp.run_id(pod), kp.step_name(pod), kp.retry_index(pod), kp.task_key(pod)) == (
+    assert (run_id(pod), step_name(pod), retry_index(pod), task_key(pod)) == (
         RUN,
         "train (TrainJob)",
         3,
@@ -215,22 +235,19 @@ def test_run_step_retry_and_task_come_from_labels_and_argo_node_names(pods: list
 
 
 def test_pod_states_name_what_is_wrong() -> None:
-    assert kp.pod_state(kfp_pod("a", "train", phase="Failed", conditions=shutdown_condition())) == "Preempted"
-    assert kp.pod_state(kfp_pod("b", "train", phase="Failed", reason="NodeShutdown")) == "Preempted"
+    assert pod_state(kfp_pod("a", "train", phase="Failed", conditions=shutdown_condition())) == "Preempted"
+    assert pod_state(kfp_pod("b", "train", phase="Failed", reason="NodeShutdown")) == "Preempted"
     assert (
-        kp.pod_state(kfp_pod("c", "x", phase="Failed", main_state=terminated("OOMKilled", 137)))
-        == "OOMKilled"
+        pod_state(kfp_pod("c", "x", phase="Failed", main_state=terminated("OOMKilled", 137))) == "OOMKilled"
     )
     waiting = k8s.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable")
-    assert kp.pod_state(kfp_pod("d", "x", phase="Pending", conditions=[waiting])) == "Unschedulable"
+    assert pod_state(kfp_pod("d", "x", phase="Pending", conditions=[waiting])) == "Unschedulable"
     no_secret = k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="CreateContainerConfigError"))
-    assert (
-        kp.pod_state(kfp_pod("e", "x", phase="Pending", main_state=no_secret)) == "CreateContainerConfigError"
-    )
-    assert kp.pod_state(kfp_pod("f", "x", phase="Running")) == "Running"
+    assert pod_state(kfp_pod("e", "x", phase="Pending", main_state=no_secret)) == "CreateContainerConfigError"
+    assert pod_state(kfp_pod("f", "x", phase="Running")) == "Running"
     # A pod evicted for memory pressure is the step's own doing, not a preemption.
-    assert kp.pod_state(kfp_pod("g", "x", phase="Failed", reason="Evicted")) == "Failed"
-    assert not kp.is_preempted(kfp_pod("g", "x", phase="Failed", reason="Evicted"))
+    assert pod_state(kfp_pod("g", "x", phase="Failed", reason="Evicted")) == "Failed"
+    assert not is_preempted(kfp_pod("g", "x", phase="Failed", reason="Evicted"))
 
 
 # --- progress ----------------------------------------------------------------------------
@@ -238,23 +255,23 @@ def test_pod_states_name_what_is_wrong() -> None:
 
 def test_progress_from_this_projects_progress_lines() -> None:
     log = "\n".join(["starting", progress_line(100, 400), "noise", progress_line(120, 400), "more noise"])
-    assert kp.parse_progress(log).startswith("120/400 (30%) ETA ")
+    assert parse_progress(log).startswith("120/400 (30%) ETA ")
 
 
 def test_progress_from_step_markers_and_tqdm_bars() -> None:
-    assert kp.parse_progress("INFO train: step=1200/50000 loss=0.31\n") == "1200/50000 (2%)"
+    assert parse_progress("INFO train: step=1200/50000 loss=0.31\n") == "1200/50000 (2%)"
     bar = "Epoch 3:  45%|████▌     | 450/1000 [01:02<01:15,  7.24it/s, v_num=0]"
-    assert kp.parse_progress("a\r" + bar + "\n") == "450/1000 (45%)"
-    assert kp.parse_progress("downloading: 3/4 (75%) 1.0/s ETA 12s") == "3/4 (75%) ETA 12s"
-    assert kp.parse_progress("nothing to see\n") == ""
+    assert parse_progress("a\r" + bar + "\n") == "450/1000 (45%)"
+    assert parse_progress("downloading: 3/4 (75%) 1.0/s ETA 12s") == "3/4 (75%) ETA 12s"
+    assert parse_progress("nothing to see\n") == ""
 
 
 # --- summaries and their formatting ------------------------------------------------------
 
 
 def test_summary_of_runs_steps_retries_and_preemptions(pods: list[k8s.V1Pod]) -> None:
-    progress = {"ws-1b": kp.parse_progress(progress_line(120, 400)), "tr-2": "1200/50000 (2%)"}
-    runs = kp.summarize(pods, [], progress)
+    progress = {"ws-1b": parse_progress(progress_line(120, 400)), "tr-2": "1200/50000 (2%)"}
+    runs = summarize(pods, [], progress)
     assert [r.run for r in runs] == [RUN, OTHER_RUN]
     run = runs[0]
     assert run.status == "Running" and run.workflow == WORKFLOW
@@ -285,7 +302,7 @@ def test_a_failed_task_fails_the_step_when_nothing_runs() -> None:
             main_state=terminated("Error", 1),
         ),
     ]
-    (run,) = kp.summarize(pods)
+    (run,) = summarize(pods)
     (step,) = run.steps
     assert (step.status, step.tasks_done, step.tasks, step.progress) == ("Error", 1, 2, "")
     assert run.status == "Error"
@@ -295,23 +312,23 @@ def test_trainjobs_and_their_pods_join_their_run(pods: list[k8s.V1Pod]) -> None:
     job = the_trainjob()
     name = job["metadata"]["name"]
     tj_pods = [trainjob_pod("tj-0", name, 0), trainjob_pod("tj-1", name, 1, restart=1)]
-    runs = kp.summarize(pods + tj_pods, [job])
+    runs = summarize(pods + tj_pods, [job])
     run = next(r for r in runs if r.run == RUN)
     (summary,) = run.trainjobs
     assert (summary.name, summary.step, summary.state, summary.nodes) == (name, "train", "Running", 2)
     tj_step = next(s for s in run.steps if s.step == "train (TrainJob)")
     assert (tj_step.tasks, tj_step.restarts, tj_step.pool) == (2, 1, placement.A100_POOL.name)
-    done = kp.summarize([], [the_trainjob("Complete")])
+    done = summarize([], [the_trainjob("Complete")])
     assert done[0].status == "Succeeded" and done[0].trainjobs[0].state == "Complete"
 
 
 def test_format_runs_reads_like_kubectl(pods: list[k8s.V1Pod]) -> None:
     job = the_trainjob("Failed")
-    text = kp.format_runs(kp.summarize(pods, [job], {"tr-2": "1200/50000 (2%)"}), NOW)
+    text = format_runs(summarize(pods, [job], {"tr-2": "1200/50000 (2%)"}), NOW)
     lines = text.splitlines()
     assert lines[0] == f"RUN {RUN}  Running  workflow {WORKFLOW}  started {T0.isoformat()} (3h00m ago)"
     header = lines[1].split()
-    assert header == list(kp.STEP_HEADER)
+    assert header == list(STEP_HEADER)
     train = next(line for line in lines if line.split()[0] == "train")
     assert train.split() == [
         "train",
@@ -331,33 +348,33 @@ def test_format_runs_reads_like_kubectl(pods: list[k8s.V1Pod]) -> None:
         assert line[column - 2 : column] == "  " and line[column] != " "
     assert f"  TrainJob {job['metadata']['name']} (step train): Failed, 2 node(s)" in lines
     assert f"RUN {OTHER_RUN}  Succeeded" in text
-    assert kp.format_runs([], NOW) == "no asrflow runs found"
+    assert format_runs([], NOW) == "no asrflow runs found"
 
 
 # --- choosing a pod for logs -------------------------------------------------------------
 
 
 def test_logs_picks_the_newest_attempt_or_the_one_asked_for(pods: list[k8s.V1Pod]) -> None:
-    pod, others = kp.choose_pod(pods, RUN[:4], "train")
+    pod, others = choose_pod(pods, RUN[:4], "train")
     assert pod.metadata.name == "tr-2" and [p.metadata.name for p in others] == ["tr-0"]
-    pod, _ = kp.choose_pod(pods, WORKFLOW, "train", attempt=0)
+    pod, _ = choose_pod(pods, WORKFLOW, "train", attempt=0)
     assert pod.metadata.name == "tr-0"
-    assert kp.log_container(pod) == kp.KFP_CONTAINER
-    assert kp.log_container(trainjob_pod("t", "j", 0)) == trainjob.TRAINER_CONTAINER
+    assert log_container(pod) == KFP_CONTAINER
+    assert log_container(trainjob_pod("t", "j", 0)) == trainjob.TRAINER_CONTAINER
 
 
 def test_logs_explains_what_does_not_match(pods: list[k8s.V1Pod]) -> None:
     with pytest.raises(click.ClickException, match="its steps: download, train, write-shards"):
-        kp.choose_pod(pods, RUN, "evaluate")
+        choose_pod(pods, RUN, "evaluate")
     with pytest.raises(click.ClickException, match="kubectl asrflow runs"):
-        kp.choose_pod(pods, "nope", "train")
+        choose_pod(pods, "nope", "train")
     twins = [kfp_pod("x", "train", run="abc-1"), kfp_pod("y", "train", run="abc-2")]
     with pytest.raises(click.UsageError, match="ambiguous"):
-        kp.choose_pod(twins, "abc", "train")
+        choose_pod(twins, "abc", "train")
 
 
 def test_progress_is_read_from_one_running_pod_per_step(pods: list[k8s.V1Pod]) -> None:
-    assert sorted(p.metadata.name for p in kp.progress_pods(pods)) == ["tr-2", "ws-1b"]
+    assert sorted(p.metadata.name for p in progress_pods(pods)) == ["tr-2", "ws-1b"]
 
 
 # --- the command -------------------------------------------------------------------------
@@ -392,16 +409,18 @@ def no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", kp.NAMESPACE_ENV):
+    for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", NAMESPACE_ENV):
         monkeypatch.delenv(name, raising=False)
     return home
 
 
-def closed_port() -> int:
-    """A local port nothing listens on (the kernel just handed it out and it was closed)."""
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A local port that refuses connections for the whole test: bound and never listening, so
+    that no other process on the machine can take it meanwhile (a closed one could be)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 def write_kubeconfig(path: Path, server: str) -> Path:
@@ -442,23 +461,23 @@ def test_namespace_is_the_flag_else_the_contexts_else_asrflow(
     no_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = write_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")
-    resolve = kp.resolve_target
-    assert resolve(kubeconfig=str(config), context="team") == kp.Target("team-a", str(config), "team")
+    resolve = resolve_target
+    assert resolve(kubeconfig=str(config), context="team") == Target("team-a", str(config), "team")
     assert resolve(kubeconfig=str(config), context="plain").namespace == placement.NAMESPACE
     assert resolve(kubeconfig=str(config)).context == "plain"  # the current-context
     assert resolve("mine", str(config), "team").namespace == "mine"
     # $KUBECONFIG is a list; files that do not exist are skipped, as kubectl skips them
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "gone"), str(config)]))
-    assert resolve(context="team") == kp.Target("team-a", str(config), "team")
-    monkeypatch.setenv(kp.NAMESPACE_ENV, "from-env")
+    assert resolve(context="team") == Target("team-a", str(config), "team")
+    monkeypatch.setenv(NAMESPACE_ENV, "from-env")
     assert resolve(context="team").namespace == "from-env"
     assert resolve("flag", context="team").namespace == "flag"
     # ~/.kube/config when $KUBECONFIG is unset
     monkeypatch.delenv("KUBECONFIG")
-    monkeypatch.delenv(kp.NAMESPACE_ENV)
+    monkeypatch.delenv(NAMESPACE_ENV)
     (no_cluster / ".kube").mkdir()
     default = write_kubeconfig(no_cluster / ".kube" / "config", "https://127.0.0.1:1")
-    assert resolve(context="team") == kp.Target("team-a", str(default), "team")
+    assert resolve(context="team") == Target("team-a", str(default), "team")
 
 
 def test_in_a_pod_the_namespace_is_the_service_accounts(
@@ -466,11 +485,11 @@ def test_in_a_pod_the_namespace_is_the_service_accounts(
 ) -> None:
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text("team-b\n")
-    monkeypatch.setattr(kp, "SERVICE_ACCOUNT_NAMESPACE", str(namespace_file))
+    monkeypatch.setattr(kubeconfig, "SERVICE_ACCOUNT_NAMESPACE", str(namespace_file))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    assert kp.resolve_target() == kp.Target("team-b")
+    assert resolve_target() == Target("team-b")
     namespace_file.unlink()
-    assert kp.resolve_target().namespace == placement.NAMESPACE
+    assert resolve_target().namespace == placement.NAMESPACE
 
 
 @pytest.mark.parametrize(
@@ -490,9 +509,9 @@ def test_in_a_pod_the_namespace_is_the_service_accounts(
     ],
 )
 def test_cluster_flags_go_before_or_after_the_subcommand(
-    no_cluster: Path, tmp_path: Path, args: list[str], context: str, namespace: str
+    no_cluster: Path, tmp_path: Path, refusing_port: int, args: list[str], context: str, namespace: str
 ) -> None:
-    server = f"https://127.0.0.1:{closed_port()}"
+    server = f"https://127.0.0.1:{refusing_port}"
     config = write_kubeconfig(tmp_path / "config", server)
     result = CliRunner().invoke(kp.cli, [str(config) if a == "K" else a for a in args])
     assert result.exit_code == 1
@@ -575,12 +594,12 @@ def test_forbidden_names_the_viewer_role_and_unauthorized_the_credentials(
     assert "did not accept your credentials (401 Unauthorized)" in line and "get-credentials" in line
 
 
-def test_debug_adds_the_traceback(no_cluster: Path, tmp_path: Path) -> None:
-    config = write_kubeconfig(tmp_path / "config", f"https://127.0.0.1:{closed_port()}")
+def test_debug_adds_the_traceback(no_cluster: Path, tmp_path: Path, refusing_port: int) -> None:
+    config = write_kubeconfig(tmp_path / "config", f"https://127.0.0.1:{refusing_port}")
     result = CliRunner().invoke(kp.cli, ["--debug", "--kubeconfig", str(config), "runs"])
     lines = result.output.splitlines()
     assert result.exit_code == 1 and lines[0] == "Traceback (most recent call last):"
-    assert lines[-1].startswith("Error: cannot reach the API server")
+    assert lines[-1].startswith("Error: cannot reach the API server"), result.output
     result = CliRunner().invoke(kp.cli, ["--kubeconfig", str(config), "--context", "nope", "runs", "--debug"])
     assert "Traceback" in result.output and result.output.splitlines()[-1].startswith("Error: context")
 
@@ -591,11 +610,11 @@ def test_debug_adds_the_traceback(no_cluster: Path, tmp_path: Path) -> None:
 def test_runs_as_json_and_yaml_hold_the_runs_of_the_table(
     pods: list[k8s.V1Pod], no_cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kp, "list_pods", lambda core, namespace: pods)
-    monkeypatch.setattr(kp, "list_trainjobs", lambda custom, namespace: [the_trainjob("Failed")])
+    monkeypatch.setattr(kube_api, "list_pods", lambda core, namespace: pods)
+    monkeypatch.setattr(kube_api, "list_trainjobs", lambda custom, namespace: [the_trainjob("Failed")])
     config = write_kubeconfig(tmp_path / "config", "https://127.0.0.1:1")
     outputs = {}
-    for output in kp.OUTPUTS:
+    for output in OUTPUTS:
         args = ["--kubeconfig", str(config), "runs", "--no-progress", "-o", output]
         result = CliRunner().invoke(kp.cli, args)
         assert result.exit_code == 0, result.output
@@ -604,9 +623,9 @@ def test_runs_as_json_and_yaml_hold_the_runs_of_the_table(
     assert as_json == as_yaml
     table_runs = [line.split()[1] for line in outputs["table"].splitlines() if line.startswith("RUN ")]
     assert [run["run"] for run in as_json] == table_runs == [RUN, OTHER_RUN]
-    assert list(as_json[0]) == [field.name for field in dataclasses.fields(kp.RunSummary)]
+    assert list(as_json[0]) == [field.name for field in dataclasses.fields(RunSummary)]
     first_run = outputs["table"].split("\n\n")[0].splitlines()
     steps = [line.split()[0] for line in first_run[2:] if not line.startswith("  TrainJob ")]
     assert [step["step"] for step in as_json[0]["steps"]] == steps == ["download", "write-shards", "train"]
     assert as_json[0]["trainjobs"][0]["state"] == "Failed"
-    assert kp.render_runs([], "json", NOW) == "[]" and kp.render_runs([], "yaml", NOW) == "[]"
+    assert render_runs([], "json", NOW) == "[]" and render_runs([], "yaml", NOW) == "[]"

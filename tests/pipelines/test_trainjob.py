@@ -176,3 +176,47 @@ def test_wait_for_returns_the_final_state(api) -> None:
     state = trainjob.wait_for(api, job.metadata.name, NAMESPACE, poll_s=0.01, on_poll=complete_on_third_poll)
     assert state == "Complete"
     assert polls == ["Running", "Running", "Complete"]
+
+
+def test_the_launcher_runs_the_settings_it_was_given(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """launch_trainjob's TrainJob runs ``asrflow train`` with the component's settings, the
+    pool's precision, and nodes and devices left to torchrun."""
+    from types import SimpleNamespace
+
+    from components.train import launch
+    from components.train.cli import parse_train_args
+    from components.train.settings import TrainSettings
+    from pipelines.launch_trainjob import launch_trainjob
+
+    jobs = []
+    monkeypatch.setattr(trainjob, "pod_namespace", lambda: NAMESPACE)
+    monkeypatch.setattr(trainjob, "run_trainjob", jobs.append)
+    monkeypatch.setattr(
+        launch, "write_run_outputs", lambda *_: SimpleNamespace(model="gs://b/runs/r1/model.nemo")
+    )
+    outputs = launch_trainjob.python_func(
+        tarred_dir="gs://b/tarred",
+        val_manifest="gs://b/val.json",
+        data_root="gs://b",
+        run_id="r1",
+        num_nodes=2,
+        gpu="a100",
+        card=SimpleNamespace(path=str(tmp_path / "card"), metadata={}),
+        curves=SimpleNamespace(path=str(tmp_path / "curves")),
+        max_steps=100,
+        overrides=["model.optim.lr=0.5"],
+        precision="bf16-mixed",
+        max_bad_shards=1,
+    )
+    assert outputs.model_uri == "gs://b/runs/r1/model.nemo"
+    (job,) = jobs
+    assert job.spec.trainer.num_nodes == 2 and job.metadata.name == trainjob.trainjob_name("r1")
+    assert parse_train_args(job.spec.trainer.args) == TrainSettings(
+        tarred_dir="gs://b/tarred",
+        val_manifest="gs://b/val.json",
+        run_dir="gs://b/runs/r1",
+        max_steps=100,
+        overrides=["model.optim.lr=0.5"],
+        precision="bf16-mixed",
+        max_bad_shards=1,
+    )

@@ -1,0 +1,79 @@
+"""``asrflow train-lm``: forwards to :func:`components.lm.core.train_lm`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from components.lm.settings import DEFAULT_HELDOUT_EVERY, DEFAULT_MAX_REJECT_FRACTION, DEFAULT_ORDER
+
+
+@click.command("train-lm")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option(
+    "--tokenizer",
+    required=True,
+    help="The train-tokenizer output directory (its tokenizer.model) or a SentencePiece .model file: "
+    "the tokenizer of the ASR model the LM will decode with.",
+)
+@click.option("--out", "out_dir", required=True, help="Output directory (local or gs://).")
+@click.option(
+    "--order",
+    type=click.IntRange(min=2),
+    default=DEFAULT_ORDER,
+    show_default=True,
+    help="The n-gram order, in tokens.",
+)
+@click.option(
+    "--heldout-every",
+    type=click.IntRange(min=0),
+    default=DEFAULT_HELDOUT_EVERY,
+    show_default=True,
+    help="Hold out about one utterance in this many (chosen by a hash of its text) and report the "
+    "model's perplexity on them; 0 holds out nothing. Held-out text is not in the model.",
+)
+@click.option(
+    "--max-reject-fraction",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MAX_REJECT_FRACTION,
+    show_default=True,
+    help="Fail when more than this fraction of manifest lines is unreadable (bad JSON, missing fields).",
+)
+def train_lm(
+    sources: tuple[str, ...],
+    tokenizer: str,
+    out_dir: str,
+    order: int,
+    heldout_every: int,
+    max_reject_fraction: float,
+) -> None:
+    """Train a token-level n-gram language model for NeMo's n-gram decoding.
+
+    Each SOURCE is a NeMo manifest or a tarred dataset directory (the output of write-shards:
+    its tarred_audio_manifest.json, else sharded_manifests/manifest_<i>.json), local or gs://;
+    only the text is read. Texts get the shared normalisation, then the tokenizer's pieces.
+    The model is interpolated modified Kneser-Ney (as KenLM's lmplz estimates it).
+
+    Writes into --out: lm.arpa (tokens written as chr(id + 100), NeMo's convention), lm.nemo
+    (the same model as NeMo's NGramGPULanguageModel), card.json, and _SUCCESS last. Pass
+    either file as ngram_lm_model to NeMo's decoding (CTC beam_batch, RNN-T malsd_batch or
+    maes_batch) with ngram_lm_alpha as its weight. The same input gives the same bytes.
+
+    Prints the model's size and held-out perplexity, then the card as the last line.
+
+    Example: asrflow train-lm data/tarred --tokenizer data/tokenizer --order 6 --out data/lm
+    """
+    from components.lm import core
+
+    card = core.train_lm(
+        list(sources),
+        tokenizer,
+        out_dir,
+        order=order,
+        heldout_every=heldout_every,
+        max_reject_fraction=max_reject_fraction,
+    )
+    for line in core.summary_lines(card):
+        click.echo(line)
+    click.echo(json.dumps(card.to_dict(), sort_keys=True, ensure_ascii=False))

@@ -1,0 +1,205 @@
+"""train-lm: an n-gram language model over a dataset's text, for NeMo's n-gram fusion.
+
+Reads the texts of NeMo manifests or tarred datasets (their manifests only, never the
+audio), applies the shared normalisation, cuts them with the tokenizer the ASR model uses,
+holds out about one utterance in ``heldout_every`` (by a hash of its text), and estimates
+an interpolated modified Kneser-Ney model (:mod:`components.lm.kneser_ney`) at the token
+level on the rest. Writes, under the output directory (local or gs://):
+
+- ``lm.arpa``: the model as a token-level ARPA file (:mod:`components.lm.arpa`);
+- ``lm.nemo``: the same model as NeMo's ``NGramGPULanguageModel``, which loads fastest;
+  either is what NeMo's decoding takes as ``ngram_lm_model`` (CTC ``beam_batch``, RNN-T
+  ``malsd_batch``/``maes_batch``), with ``ngram_lm_alpha`` as its weight;
+- ``card.json`` with the counts and the held-out perplexity, and ``_SUCCESS`` last.
+
+The same text, tokenizer and settings give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from components import storage
+from components.layout import REJECTS_NAME, SUCCESS_MARKER
+from components.lm import arpa, kneser_ney, text
+from components.lm.card import LmCard
+from components.lm.errors import LmError
+from components.lm.settings import (
+    ARPA_NAME,
+    DEFAULT_HELDOUT_EVERY,
+    DEFAULT_MAX_REJECT_FRACTION,
+    DEFAULT_ORDER,
+    NEMO_NAME,
+    STEP,
+)
+from components.manifest import Rejects
+
+log = logging.getLogger("asrflow.train_lm")
+
+
+def check_settings(sources: Sequence[str], order: int, heldout_every: int) -> None:
+    """Raise :class:`LmError` for settings no model can come from."""
+    if not sources:
+        raise LmError(f"{STEP}: give at least one SOURCE (a manifest or a tarred dataset directory)")
+    if order < 2:
+        raise LmError(f"{STEP}: --order must be at least 2 (NeMo reads no 1-gram model), got {order}")
+    if heldout_every < 0 or heldout_every == 1:
+        raise LmError(f"{STEP}: --heldout-every must be 0 (none held out) or at least 2, got {heldout_every}")
+
+
+def train_lm(
+    sources: Sequence[str],
+    tokenizer: str,
+    out_dir: str,
+    order: int = DEFAULT_ORDER,
+    heldout_every: int = DEFAULT_HELDOUT_EVERY,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+) -> LmCard:
+    """Estimate the model and write ``lm.arpa``, ``lm.nemo``, ``card.json`` and ``_SUCCESS``.
+
+    Args:
+        sources: NeMo manifests and tarred dataset directories (local or gs://), read in order.
+        tokenizer: a train-tokenizer output directory (its ``tokenizer.model``) or a ``.model`` file.
+        out_dir: the output directory (local or gs://); an earlier train-lm output is replaced.
+        order: the n-gram order (at least 2).
+        heldout_every: hold out about one utterance in this many for the perplexity; 0: none.
+        max_reject_fraction: fail when more manifest lines than this are unreadable.
+
+    Returns:
+        The card (also written as ``card.json``).
+
+    Raises:
+        LmError: a source, the tokenizer or a setting is unusable; the message names it.
+    """
+    check_settings(sources, order, heldout_every)
+    out_dir = out_dir.rstrip("/")
+    manifests = [uri for source in sources for uri in text.manifest_uris(source)]
+    tokenizer_uri = text.tokenizer_model_uri(tokenizer)
+    processor = text.load_tokenizer(tokenizer_uri)
+    with storage.locked(storage.lock_uri(out_dir), STEP):
+        storage.claim_output(out_dir, STEP)
+        storage.delete(storage.join(out_dir, SUCCESS_MARKER))  # a rerun: not complete until done again
+        card = _train(manifests, processor, tokenizer_uri, out_dir, order, heldout_every, max_reject_fraction)
+        card.write(echo=False)
+        storage.mark_complete(out_dir)
+    return card
+
+
+def _train(
+    manifests: list[str],
+    processor: Any,
+    tokenizer_uri: str,
+    out_dir: str,
+    order: int,
+    heldout_every: int,
+    max_reject_fraction: float,
+) -> LmCard:
+    rejects = Rejects()
+    texts, empty = text.read_texts(manifests, rejects)
+    rejects.check(len(texts) + empty, max_reject_fraction, STEP)
+    training, heldout = text.split_heldout(texts, heldout_every)
+    if not training:
+        raise LmError(f"{STEP}: no text to learn from in {', '.join(manifests)}")
+    vocab_size = int(processor.get_piece_size())
+    if vocab_size > arpa.MAX_VOCAB_SIZE:
+        limit = arpa.MAX_VOCAB_SIZE
+        raise LmError(f"{tokenizer_uri}: {vocab_size} tokens; NeMo's n-gram files hold at most {limit}")
+    training_ids = text.encode(processor, training, "training")
+    heldout_ids = text.encode(processor, heldout, "held-out")
+    log.info(
+        "%s: estimating a %d-gram over %d utterances (%d tokens), vocabulary %d",
+        STEP,
+        order,
+        len(training_ids),
+        training_ids.num_tokens,
+        vocab_size,
+    )
+    try:
+        model = kneser_ney.estimate(training_ids, vocab_size, order)
+    except ValueError as err:
+        raise LmError(f"{STEP}: {err}") from None
+    fallback = [n for n, discounts in enumerate(model.discounts, start=1) if discounts.fallback]
+    if fallback:
+        log.warning(
+            "%s: too little text to estimate the discounts of order(s) %s; using lmplz's fallback %s",
+            STEP,
+            ", ".join(map(str, fallback)),
+            kneser_ney.FALLBACK_DISCOUNTS,
+        )
+    perplexity = model.perplexity(heldout_ids) if len(heldout_ids) else None
+    arpa_uri, nemo_uri = write_model(model, out_dir)
+    rejects_uri = None
+    if len(rejects):
+        rejects_uri = storage.join(out_dir, REJECTS_NAME)
+        rejects.write(rejects_uri)
+    return LmCard(
+        out_dir=out_dir,
+        arpa=arpa_uri,
+        nemo=nemo_uri,
+        sources=manifests,
+        tokenizer=tokenizer_uri,
+        vocab_size=vocab_size,
+        token_offset=arpa.TOKEN_OFFSET,
+        order=order,
+        smoothing=kneser_ney.SMOOTHING,
+        utterances=len(training_ids),
+        tokens=training_ids.num_tokens,
+        heldout_every=heldout_every,
+        heldout_utterances=len(heldout_ids),
+        heldout_tokens=heldout_ids.num_tokens,
+        heldout_perplexity=round(perplexity, 4) if perplexity is not None else None,
+        ngrams=model.ngram_counts(),
+        discounts=[[round(value, 6) for value in discounts.as_list()] for discounts in model.discounts],
+        discount_fallback=fallback,
+        empty=empty,
+        rejected=len(rejects),
+        rejects_by_reason=rejects.counts(),
+        rejects=rejects_uri,
+    )
+
+
+def write_model(model: kneser_ney.NgramModel, out_dir: str) -> tuple[str, str]:
+    """Write ``lm.arpa`` and ``lm.nemo`` into ``out_dir``; their URIs.
+
+    Both are made in a local temporary directory (NeMo reads and writes local files), then
+    copied into place atomically.
+    """
+    with tempfile.TemporaryDirectory(prefix="asrflow-lm-") as tmp:
+        local_arpa = Path(tmp, ARPA_NAME)
+        log.info("%s: writing %s (%s n-grams)", STEP, ARPA_NAME, " / ".join(map(str, model.ngram_counts())))
+        with open(local_arpa, "wb") as out:
+            arpa.write_arpa(model, out)
+        local_nemo = Path(tmp, NEMO_NAME)
+        log.info("%s: converting it to NeMo's n-gram model, %s", STEP, NEMO_NAME)
+        arpa.write_nemo(local_arpa, model.vocab_size, local_nemo)
+        uris = []
+        for local in (local_arpa, local_nemo):
+            uri = storage.join(out_dir, local.name)
+            storage.upload_file(local, uri, overwrite=True)
+            uris.append(uri)
+    return uris[0], uris[1]
+
+
+def summary_lines(card: LmCard) -> Iterator[str]:
+    """What a person reads first: the model's size and its held-out perplexity."""
+    yield (
+        f"{card.order}-gram ({card.smoothing}) over {card.utterances:,} utterances, "
+        f"{card.tokens:,} tokens; vocabulary {card.vocab_size}"
+    )
+    yield "n-grams per order: " + " / ".join(f"{count:,}" for count in card.ngrams)
+    if card.heldout_perplexity is None:
+        yield "held-out perplexity: none (no utterance held out)"
+    else:
+        yield (
+            f"held-out perplexity: {card.heldout_perplexity:.2f} per token on {card.heldout_utterances:,} "
+            f"utterances ({card.heldout_tokens:,} tokens)"
+        )
+    if card.discount_fallback:
+        orders = ", ".join(map(str, card.discount_fallback))
+        yield f"fallback discounts (too little text) for order(s): {orders}"
+    yield f"arpa: {card.arpa}"
+    yield f"nemo: {card.nemo}"
