@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from components import storage
+from components import layout, storage
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
 
@@ -156,3 +156,27 @@ class Rejects:
                 f"({len(self) / total:.1%} > --max-reject-fraction {max_fraction:.1%}); "
                 f"by reason: {reasons}"
             )
+
+
+def tarred_manifest_uris(tarred_dir: str) -> list[str]:
+    """A tarred dataset's manifests: its full manifest, or else every sharded manifest in shard
+    order (a dataset whose merge has not run yet); empty when it has neither."""
+    full = storage.join(tarred_dir, layout.TARRED_MANIFEST_NAME)
+    if storage.exists(full):
+        return [full]
+    try:
+        listed = storage.list_files(storage.join(tarred_dir, layout.SHARDED_MANIFESTS_DIR), suffix=".json")
+    except FileNotFoundError:
+        return []
+    sharded = sorted((shard_id, f.uri) for f in listed if (shard_id := _shard_id(f.uri)) is not None)
+    return [uri for _, uri in sharded]
+
+
+def _shard_id(uri: str) -> int | None:
+    """``i`` when ``uri`` is named as the sharded manifest of shard ``i``, else None."""
+    name = storage.basename(uri)
+    digits = re.search(r"\d+", name)
+    if digits is None:
+        return None
+    shard_id = int(digits.group())
+    return shard_id if storage.basename(layout.sharded_manifest_name(shard_id)) == name else None

@@ -26,13 +26,12 @@ import click
 
 from pipelines import placement
 from pipelines.kubectl import cluster as api
-from pipelines.kubectl.cluster import REQUIRED_RBAC
 from pipelines.kubectl.kubeconfig import DEFAULT_KUBECONFIG, NAMESPACE_ENV, ClusterError, resolve_target
 from pipelines.kubectl.pods import choose_pod, match_run, pod_state, run_id
 from pipelines.kubectl.report import OUTPUTS, render_runs
 from pipelines.kubectl.summary import summarize
 
-__all__ = ["REQUIRED_RBAC", "cli", "main"]  # REQUIRED_RBAC: what the Roles grant (test_manifests.py)
+__all__ = ["cli", "main"]
 
 MAX_OTHER_PODS = 8  # named on stderr by `logs`
 

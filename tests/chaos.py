@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from components import storage
-from components.shard.core import DELAY_ENV
+from components.shard.group import DELAY_ENV
 from tests.fixtures.corpus import BUNDLED_CORPUS as BUNDLED
 from tests.fixtures.gcs import running_emulator
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 from array import array
 from collections.abc import Sequence
 
-from components import layout, storage
+from components import layout, manifest, storage
 from components.buckets.card import BucketsCard
 from components.buckets.errors import BucketError
 from components.cards import CardError
@@ -28,32 +27,15 @@ def resolve_tarred_dir(tarred: str) -> str:
     return tarred.rstrip("/")
 
 
-def _shard_id(uri: str) -> int | None:
-    """``i`` when ``uri`` is named as the sharded manifest of shard ``i``, else None."""
-    name = storage.basename(uri)
-    digits = re.search(r"\d+", name)
-    if digits is None:
-        return None
-    shard_id = int(digits.group())
-    return shard_id if storage.basename(layout.sharded_manifest_name(shard_id)) == name else None
-
-
 def manifest_uris(tarred_dir: str) -> list[str]:
     """The full tarred manifest, or else every sharded manifest in shard order."""
-    full = storage.join(tarred_dir, layout.TARRED_MANIFEST_NAME)
-    if storage.exists(full):
-        return [full]
-    try:
-        listed = storage.list_files(storage.join(tarred_dir, layout.SHARDED_MANIFESTS_DIR), suffix=".json")
-    except FileNotFoundError:
-        listed = []
-    sharded = sorted((shard_id, f.uri) for f in listed if (shard_id := _shard_id(f.uri)) is not None)
-    if not sharded:
+    uris = manifest.tarred_manifest_uris(tarred_dir)
+    if not uris:
         raise BucketError(
             f"{STEP}: no {layout.TARRED_MANIFEST_NAME} and no {layout.sharded_manifest_name('<i>')} "
             f"in {tarred_dir} (is it the output of write-shards?)"
         )
-    return [uri for _, uri in sharded]
+    return uris
 
 
 def read_durations(uris: Sequence[str], rejects: Rejects) -> array:

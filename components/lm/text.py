@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from components import layout, storage
+from components import layout, manifest, storage
 from components.lm.errors import LmError
 from components.lm.kneser_ney import Sentences
 from components.manifest import ManifestError, Rejects, iter_manifest, normalize_text
@@ -35,29 +35,13 @@ def manifest_uris(source: str) -> list[str]:
         return [source]
     if not storage.is_gcs(source) and not storage.exists(source):
         raise LmError(f"{source}: no such file or directory")
-    full = storage.join(source, layout.TARRED_MANIFEST_NAME)
-    if storage.exists(full):
-        return [full]
-    sharded = _sharded_manifests(source)
+    sharded = manifest.tarred_manifest_uris(source)
     if not sharded:
         raise LmError(
             f"{source}: neither a manifest nor a tarred dataset (no {layout.TARRED_MANIFEST_NAME} "
             f"and no {layout.sharded_manifest_name(0)})"
         )
     return sharded
-
-
-def _sharded_manifests(tarred_dir: str) -> list[str]:
-    """``sharded_manifests/manifest_<i>.json`` for i = 0, 1, … as long as they exist."""
-    try:
-        listed = storage.list_files(storage.join(tarred_dir, layout.SHARDED_MANIFESTS_DIR))
-    except FileNotFoundError:
-        return []
-    present = {info.uri for info in listed}
-    uris: list[str] = []
-    while (uri := storage.join(tarred_dir, layout.sharded_manifest_name(len(uris)))) in present:
-        uris.append(uri)
-    return uris
 
 
 def read_texts(uris: Sequence[str], rejects: Rejects) -> tuple[list[str], int]:

@@ -114,6 +114,8 @@ def write_shards(
     then merge:    asrflow write-shards IN --out OUT --num-shards 64 --groups 16 --merge
     """
     from components.audio import Rules
+    from components.items import SourceError
+    from components.manifest import RejectThresholdExceeded
     from components.shard import core
 
     rules = Rules(
@@ -138,6 +140,6 @@ def write_shards(
             group=group[0] if group else None,
             merge_only=merge_only,
         )
-    except (core.ShardError, core.SourceError, core.RejectThresholdExceeded) as err:
+    except (core.ShardError, SourceError, RejectThresholdExceeded) as err:
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(result, sort_keys=True, ensure_ascii=False))

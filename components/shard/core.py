@@ -33,11 +33,9 @@ from typing import Any
 
 from components import audio as checks
 from components import layout, storage
-from components.items import SourceError
-from components.manifest import RejectThresholdExceeded
 from components.shard.card import GroupCard, ShardsCard
 from components.shard.errors import ShardError
-from components.shard.group import DELAY_ENV, write_group
+from components.shard.group import write_group
 from components.shard.merge import finished_card, merge
 from components.shard.plan import Plan, make_plan
 from components.shard.workers import write_all_groups
@@ -48,10 +46,7 @@ log = logging.getLogger("asrflow.write_shards")
 STEP = ShardsCard.STEP
 
 __all__ = [
-    "DELAY_ENV",
-    "RejectThresholdExceeded",
     "ShardError",
-    "SourceError",
     "default_out_dir",
     "merge_groups",
     "write_shards",

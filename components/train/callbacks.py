@@ -276,7 +276,7 @@ class TrainingMonitor(Callback):
                 self._escalate(
                     Stalled(
                         f"no training progress for {format_seconds(now - self._progress_at)} "
-                        f"(--stall-timeout {self.stall_timeout:g}) after step {self._step}, "
+                        f"(--stall-timeout {self.stall_timeout / 60:g}) after step {self._step}, "
                         f"{where}: is the data storage answering? (no batch in that time; a damaged "
                         "shard is reported on its own)"
                     ),

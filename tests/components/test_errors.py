@@ -174,7 +174,9 @@ def test_a_users_yaml_takes_the_keys_asrflow_passes(tmp_path: Path) -> None:
     """A YAML without an asrflow section still takes the seed and bins the pipeline passes."""
     yaml = tmp_path / "mine.yaml"
     yaml.write_text("model:\n  train_ds:\n    batch_duration: 100\ntrainer:\n  max_steps: 10\n")
-    cfg = train_config.load_config(str(yaml), ["asrflow.seed=3", "model.train_ds.bucket_duration_bins=[1.0,2.0]"])
+    cfg = train_config.load_config(
+        str(yaml), ["asrflow.seed=3", "model.train_ds.bucket_duration_bins=[1.0,2.0]"]
+    )
     assert cfg.asrflow.seed == 3 and list(cfg.model.train_ds.bucket_duration_bins) == [1.0, 2.0]
     with pytest.raises(
         ConfigError, match=rf"config {re.escape(str(yaml))} has no key model.train_ds.batch_duraton"

@@ -447,7 +447,7 @@ def test_no_progress_for_the_stall_timeout_is_an_error(hung_gcs_training):
     )
     assert result.returncode == 1, explain(result)
     assert (
-        "no training progress for 00:06 (--stall-timeout 6) after step 0, waiting for training data"
+        "no training progress for 00:06 (--stall-timeout 0.1) after step 0, waiting for training data"
         in result.stderr
     )
     assert "Traceback" not in result.stderr

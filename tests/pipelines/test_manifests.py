@@ -3,7 +3,7 @@
 Core objects are validated with kubernetes-validate (strict) for the newest Kubernetes it
 ships; custom resources against their CRDs' published schemas (tests/fixtures/crds/), with
 unknown fields rejected. The node pools, RBAC rules and names are cross-checked with
-pipelines/placement.py, pipelines/trainjob.py and pipelines/kubectl_plugin.py.
+pipelines/placement.py, pipelines/trainjob.py and pipelines/kubectl/cluster.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-from pipelines import kubectl_plugin, nodepools, placement, trainjob
+from pipelines import nodepools, placement, trainjob
+from pipelines.kubectl import cluster as kubectl_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -406,7 +407,7 @@ def test_runner_role_is_exactly_what_the_code_uses(name: str) -> None:
     role = one(name, "Role", placement.RUNNER_SERVICE_ACCOUNT)
     wanted = (
         with_name(trainjob.REQUIRED_RBAC)
-        | with_name(kubectl_plugin.REQUIRED_RBAC)
+        | with_name(kubectl_cluster.REQUIRED_RBAC)
         | with_name(placement.KFP_RUNTIME_RBAC)
     )
     assert rules_as_set(role) == wanted
@@ -415,7 +416,7 @@ def test_runner_role_is_exactly_what_the_code_uses(name: str) -> None:
 @pytest.mark.parametrize("name", local_kustomizations())
 def test_viewer_role_is_exactly_what_the_plugin_uses(name: str) -> None:
     role = one(name, "Role", placement.VIEWER_ROLE)
-    assert rules_as_set(role) == with_name(kubectl_plugin.REQUIRED_RBAC)
+    assert rules_as_set(role) == with_name(kubectl_cluster.REQUIRED_RBAC)
 
 
 @pytest.mark.parametrize("name", local_kustomizations())
