@@ -22,7 +22,7 @@ CARD_NAME = "card.json"
 """The step's card (see :mod:`components.cards`)."""
 SUCCESS_MARKER = storage.SUCCESS_MARKER
 """Written last: the directory is complete."""
-OWNER_MARKER = storage.OWNER_MARKER
+OWNER_MARKER = "_ASRFLOW"
 """Names the step whose output a directory is."""
 REJECTS_NAME = "rejects.jsonl"
 """Items skipped as corrupt, one JSON object a line with the reason."""

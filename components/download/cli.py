@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from components.columns import DEFAULT_COLUMNS, DURATION_CANDIDATES, MILLISECONDS_SUFFIX
 from components.download.data_files import DEFAULT_SPLIT
+from components.download.files import DEFAULT_WORKERS, DownloadRequest
+
+REQUEST_FIELDS = frozenset(field.name for field in dataclasses.fields(DownloadRequest))
 
 
-def source_options(command):
-    """The options that say which data SOURCE means: config, split, revision, pattern, dataset."""
+def source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that say which data SOURCE means: config, split, revision, pattern, dataset.
+
+    The command gets SOURCE, these and the command's other options that are
+    :class:`~components.download.files.DownloadRequest` fields (``--workers``) as one
+    ``request``; the rest of its parameters as they are.
+    """
     options = (
         click.option(
             "--config",
@@ -41,20 +53,19 @@ def source_options(command):
     )
     for option in reversed(options):
         command = option(command)
-    return command
+
+    @functools.wraps(command)
+    def with_request(**params: Any) -> None:
+        fields = {name: params.pop(name) for name in REQUEST_FIELDS & params.keys()}
+        return command(request=DownloadRequest(**fields), **params)
+
+    return with_request
 
 
 @click.command("resolve-revision")
 @click.argument("source")
 @source_options
-def resolve_revision(
-    source: str,
-    config: str | None,
-    split: str,
-    revision: str | None,
-    pattern: str | None,
-    dataset: str | None,
-) -> None:
+def resolve_revision(request: DownloadRequest) -> None:
     """Print the revision a download of SOURCE would have now, copying nothing.
 
     A hub branch or tag becomes its commit SHA; a local directory, gs:// prefix or manifest
@@ -69,7 +80,7 @@ def resolve_revision(
     from components.manifest import ManifestError
 
     try:
-        card = core.resolve_revision(source, config, split, revision, pattern, dataset)
+        card = core.resolve_revision(request)
     except (core.DownloadError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(card.to_dict(), sort_keys=True, ensure_ascii=False))
@@ -87,8 +98,9 @@ def resolve_revision(
 )
 @source_options
 @click.option(
-    "--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Files copied at once."
-)
+    "--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
+    help="Files copied at once.",
+)  # fmt: skip
 @click.option(
     "--id-column", default=DEFAULT_COLUMNS.id, show_default=True, help="Parquet column with the utterance id."
 )
@@ -110,15 +122,9 @@ def resolve_revision(
 )
 @click.option("--max-mbps", type=click.FloatRange(min=0, min_open=True), default=None, help="Cap on MB/s.")
 def download(
-    source: str,
+    request: DownloadRequest,
     out: str | None,
     data_root: str | None,
-    config: str | None,
-    split: str,
-    revision: str | None,
-    workers: int,
-    pattern: str | None,
-    dataset: str | None,
     id_column: str,
     audio_column: str,
     text_column: str,
@@ -153,19 +159,7 @@ def download(
 
     columns = Columns.from_options(id_column, audio_column, text_column, duration_column or "")
     try:
-        card = core.download(
-            source,
-            out,
-            data_root=data_root,
-            config=config,
-            split=split,
-            revision=revision,
-            workers=workers,
-            columns=columns,
-            pattern=pattern,
-            dataset=dataset,
-            max_mbps=max_mbps,
-        )
+        card = core.download(request, out, data_root=data_root, columns=columns, max_mbps=max_mbps)
     except (core.DownloadError, ManifestError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(card.to_dict(), sort_keys=True, ensure_ascii=False))

@@ -38,12 +38,11 @@ def resolve_revision(
     import json
 
     from components.download import core
+    from components.download.files import DownloadRequest
     from components.progress import setup_logging
 
     setup_logging()
-    result = core.resolve_revision(
-        source, config or None, split, revision or None, pattern or None, dataset or None
-    )
+    result = core.resolve_revision(DownloadRequest(source, config, split, revision, pattern, dataset))
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result.to_dict(), out, sort_keys=True, indent=2)
     card.metadata.update(revision=result.revision, files=result.num_files)
@@ -99,20 +98,15 @@ def download(
 
     from components.columns import Columns
     from components.download import core
+    from components.download.files import DownloadRequest
     from components.progress import setup_logging
 
     setup_logging()
     result = core.download(
-        source,
+        DownloadRequest(source, config, split, revision, pattern, dataset, workers),
         out_dir or None,
         data_root=data_root,
-        config=config or None,
-        split=split,
-        revision=revision or None,
-        workers=workers,
         columns=Columns.from_options(id_column, audio_column, text_column, duration_column),
-        pattern=pattern or None,
-        dataset=dataset or None,
     )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result.to_dict(), out, sort_keys=True, indent=2)
@@ -151,25 +145,29 @@ def prepare_eval_set(
     from components import storage
     from components.columns import Columns
     from components.download import core
+    from components.download.files import DownloadRequest
     from components.export import export_manifest
     from components.progress import setup_logging
 
     setup_logging()
     if not spec.get("source"):
         raise ValueError(f"eval set {spec!r} has no source")
-    result = core.download(
+    request = DownloadRequest(
         spec["source"],
-        data_root=data_root,
-        config=spec.get("config") or None,
+        config=spec.get("config"),
         split=spec.get("split") or "test",
-        revision=spec.get("revision") or None,
+        revision=spec.get("revision"),
+        pattern=spec.get("pattern"),
+    )
+    result = core.download(
+        request,
+        data_root=data_root,
         columns=Columns.from_options(
             spec.get("id_column") or "",
             spec.get("audio_column") or "",
             spec.get("text_column") or "",
             spec.get("duration_column") or "",
         ),
-        pattern=spec.get("pattern") or None,
     )
     beside = storage.join(storage.parent(result.out_dir), "manifest")
     manifest = export_manifest(result.out_dir, beside)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 
-from components import storage
+from components import outputs, storage
 from components.columns import Columns
 from components.download.card import PARQUET
 from components.download.checksums import is_complete_copy, new_hash, record_checksum
@@ -41,7 +41,7 @@ def remove_stale_temporaries(out: str) -> int:
     for directory, subdirs, names in os.walk(out):
         subdirs[:] = [d for d in subdirs if d != STAGING_NAME]
         for name in names:
-            if name.startswith(storage.TEMP_PREFIX) and not storage.is_lock_name(name):
+            if name.startswith(storage.TEMP_PREFIX) and not outputs.is_lock_name(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, name))
                     removed += 1

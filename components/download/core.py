@@ -31,14 +31,13 @@ import os
 import shutil
 from typing import Any
 
-from components import manifest, storage
+from components import manifest, outputs, storage
 from components.columns import DEFAULT_COLUMNS, Columns
 from components.download.card import PARQUET, DownloadCard, ResolveRevisionCard
 from components.download.checksums import is_complete_copy
 from components.download.copier import Copier, remove_stale_temporaries, target_uri
-from components.download.data_files import DEFAULT_SPLIT
 from components.download.errors import DownloadError
-from components.download.files import HUB, Plan
+from components.download.files import HUB, DownloadRequest, Plan
 from components.download.parallel import parallel_map
 from components.download.parquet_stats import check_schema, parquet_stats
 from components.download.plan import make_plan
@@ -63,27 +62,24 @@ def dataset_key(dataset: str, config: str, split: str, revision: str) -> str:
     return "/".join([DATASETS_DIR, *parts, RAW_DIR])
 
 
-def resolve_revision(
-    source: str,
-    config: str | None = None,
-    split: str = DEFAULT_SPLIT,
-    revision: str | None = None,
-    pattern: str | None = None,
-    dataset: str | None = None,
-    workers: int = 8,
-    token: str | None = None,
-) -> ResolveRevisionCard:
-    """The revision a download of ``source`` would have now, without copying anything.
+def resolve_revision(request: DownloadRequest | str, **fields: Any) -> ResolveRevisionCard:
+    """The revision a download of ``request`` would have now, without copying anything.
 
     A hub branch or tag becomes its commit SHA; a local or gs:// source gets the hash of its
     file listing. The pipeline runs this uncached and passes the result to a cached
     download, so unchanged data reuses every data step of an earlier run and new data
     upstream makes new cache keys.
 
+    Args:
+        request: what a download would copy; or its source, with the request's other fields
+            as keywords.
+        **fields: :class:`~components.download.files.DownloadRequest` fields (``config``,
+            ``split``, ``revision``, ...) that ``request`` does not hold.
+
     Returns:
         The card: source, dataset, config, split, revision, files and bytes.
     """
-    plan = make_plan(source, config, split, revision, pattern, dataset, workers, token)
+    plan = make_plan(request, **fields)
     log.info(
         "resolve-revision: %s (config %s, split %s) is at %s",
         plan.source,
@@ -103,43 +99,31 @@ def resolve_revision(
 
 
 def download(
-    source: str,
+    request: DownloadRequest | str,
     out: str | None = None,
     *,
     data_root: str | None = None,
-    config: str | None = None,
-    split: str = DEFAULT_SPLIT,
-    revision: str | None = None,
-    workers: int = 8,
     columns: Columns = DEFAULT_COLUMNS,
-    pattern: str | None = None,
-    dataset: str | None = None,
     max_mbps: float | None = None,
-    token: str | None = None,
+    **fields: Any,
 ) -> DownloadCard:
     """Copy a dataset into ``out`` (or its key below ``data_root``) and write its card.
 
     Args:
-        source: ``hf://datasets/OWNER/NAME``, a local directory or ``gs://`` prefix with the
-            hub's parquet layout, or a NeMo manifest.
+        request: what to download (source, config, split, revision, pattern, dataset, workers,
+            token); or its source, with the request's other fields as keywords.
         out: the output directory (local or gs://).
         data_root: used when ``out`` is None: ``out`` becomes :func:`dataset_key` below it.
-        config: the dataset config (e.g. ``clean``); None: the only or default one.
-        split: the split (``train``, ``validation``, ``test``).
-        revision: hub branch, tag or commit; for other sources the expected content hash.
-        workers: files copied at once.
         columns: the parquet column names.
-        pattern: a glob of data files relative to the source root, instead of the card's.
-        dataset: the dataset's name in the card and key (default: from the source).
         max_mbps: cap on the transfer rate in MB/s, all workers together.
-        token: hub token; default ``HF_TOKEN``. Never logged.
+        **fields: :class:`~components.download.files.DownloadRequest` fields (``config``,
+            ``split``, ``revision``, ``workers``, ...) that ``request`` does not hold.
 
     Returns:
         The card (also written as ``card.json`` in ``out``, before ``_SUCCESS``).
     """
-    if workers < 1:
-        raise DownloadError(f"--workers must be at least 1, not {workers}")
-    plan = make_plan(source, config, split, revision, pattern, dataset, workers, token)
+    request = DownloadRequest.of(request, **fields)
+    plan = make_plan(request)
     if out is None:
         if data_root is None:
             raise DownloadError("give --out DIR or --data-root ROOT")
@@ -154,20 +138,21 @@ def download(
     if plan.format == PARQUET and plan.kind != HUB:
         check_schema(plan.files[0].uri, columns)
     try:
-        with storage.locked(storage.lock_uri(out), STEP):
-            storage.claim_output(out, STEP)
-            return _download_locked(plan, out, columns, workers, max_mbps, token)
-    except storage.OutputError as err:
+        with outputs.locked(outputs.lock_uri(out), STEP):
+            outputs.claim_output(out, STEP)
+            return _download_locked(plan, out, columns, request, max_mbps)
+    except outputs.OutputError as err:
         raise DownloadError(f"{STEP}: {err}") from None
 
 
 def _download_locked(
-    plan: Plan, out: str, columns: Columns, workers: int, max_mbps: float | None, token: str | None
+    plan: Plan, out: str, columns: Columns, request: DownloadRequest, max_mbps: float | None
 ) -> DownloadCard:
+    workers = request.workers
     stale = remove_stale_temporaries(out)
     if stale:
         log.info("download: removed %d temporary file(s) left by an earlier run", stale)
-    copier = Copier(plan, out, Transfer(0, 0, max_mbps), columns, token)
+    copier = Copier(plan, out, Transfer(0, 0, max_mbps), columns, request.hub_token)
     complete = parallel_map(lambda f: is_complete_copy(target_uri(out, f), f), plan.files, workers)
     todo = [f for f, done in zip(plan.files, complete, strict=True) if not done]
     log.info(

@@ -7,25 +7,34 @@ files (:func:`plan_manifest`). Nothing is copied while planning.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from components import manifest, storage
 from components.download.card import MANIFEST, PARQUET
 from components.download.data_files import (
     DEFAULT_CONFIG,
-    DEFAULT_SPLIT,
     README_NAME,
     choose_config,
     readme_configs,
     select_files,
 )
 from components.download.errors import DownloadError
-from components.download.files import GCS, HUB, LOCAL, Plan, SourceFile, content_revision
+from components.download.files import (
+    GCS,
+    HUB,
+    LOCAL,
+    DownloadRequest,
+    Plan,
+    SourceFile,
+    content_revision,
+)
 from components.download.hub import HF_DATASETS, parse_hub_source, resolve_hub
 from components.download.parallel import parallel_map
 from components.download.transfer import MB
@@ -52,51 +61,45 @@ def source_kind(source: str) -> str:
     return GCS if storage.is_gcs(source) else LOCAL
 
 
-def make_plan(
-    source: str,
-    config: str | None = None,
-    split: str = DEFAULT_SPLIT,
-    revision: str | None = None,
-    pattern: str | None = None,
-    dataset: str | None = None,
-    workers: int = 8,
-    token: str | None = None,
-) -> Plan:
+def make_plan(request: DownloadRequest | str, **fields: Any) -> Plan:
     """List and check everything a download will copy, without copying anything.
 
-    The hub token defaults to ``HF_TOKEN``; it is never logged.
+    Args:
+        request: what to download; or its source, with the request's other fields as keywords.
+        **fields: :class:`~components.download.files.DownloadRequest` fields (``config``,
+            ``split``, ``revision``, ...) that ``request`` does not hold.
     """
-    if token is None:
-        token = os.environ.get("HF_TOKEN") or None
-    kind = source_kind(source)
+    request = DownloadRequest.of(request, **fields)
+    kind = source_kind(request.source)
     if kind == HUB:
-        return plan_hub(source, config, split, revision, pattern, dataset, token)
-    if not storage.is_gcs(source):
-        source = os.path.abspath(source)
+        return plan_hub(request)
+    if not storage.is_gcs(request.source):
+        request = dataclasses.replace(request, source=os.path.abspath(request.source))
     if kind == MANIFEST:
-        return plan_manifest(source, split, revision, dataset, config, workers)
-    return plan_tree(source, config, split, revision, pattern, dataset, workers)
+        return plan_manifest(request)
+    return plan_tree(request)
 
 
-def plan_hub(
-    source: str,
-    config: str | None,
-    split: str,
-    revision: str | None,
-    pattern: str | None,
-    dataset: str | None,
-    token: str | None,
-) -> Plan:
+def _choose_files(
+    request: DownloadRequest, paths: list[str], configs: list[dict[str, Any]] | None
+) -> tuple[str, list[str]]:
+    """The config (the request's, else the only or default one) and its split's data files."""
+    config = request.config or choose_config(None if request.pattern else configs, paths)
+    return config, select_files(paths, config, request.split, configs, request.pattern)
+
+
+def plan_hub(request: DownloadRequest) -> Plan:
     """Plan a download from the hub: resolve the revision to a commit, choose the files."""
+    source, revision = request.source, request.revision
     repo_id, source_revision = parse_hub_source(source)
     if revision and source_revision and revision != source_revision:
         raise DownloadError(f"two revisions given: {source_revision} in SOURCE and --revision {revision}")
-    sha, configs, files = resolve_hub(repo_id, revision or source_revision, token)
-    paths = sorted(files)
-    config = config or choose_config(None if pattern else configs, paths)
-    chosen = select_files(paths, config, split, configs, pattern)
-    name = dataset or repo_id
-    return Plan(source, HUB, name, config, split, sha, PARQUET, [files[p] for p in chosen], repo_id=repo_id)
+    sha, configs, files = resolve_hub(repo_id, revision or source_revision, request.hub_token)
+    config, chosen = _choose_files(request, sorted(files), configs)
+    name = request.dataset or repo_id
+    return Plan(
+        source, HUB, name, config, request.split, sha, PARQUET, [files[p] for p in chosen], repo_id=repo_id
+    )
 
 
 def _relative_listing(root: str) -> dict[str, storage.FileInfo]:
@@ -109,16 +112,9 @@ def _check_revision(revision: str | None, source: str, computed: str) -> None:
         raise DownloadError(f"--revision {revision} was asked for, but {source} has revision {computed}")
 
 
-def plan_tree(
-    source: str,
-    config: str | None,
-    split: str,
-    revision: str | None,
-    pattern: str | None,
-    dataset: str | None,
-    workers: int,
-) -> Plan:
+def plan_tree(request: DownloadRequest) -> Plan:
     """Plan a copy of a local directory or gs:// prefix that has the hub's parquet layout."""
+    source = request.source
     kind = source_kind(source)
     if kind == LOCAL and not Path(source).is_dir():
         raise DownloadError(f"no such directory: {source}")
@@ -127,17 +123,15 @@ def plan_tree(
         raise DownloadError(f"{source} is empty")
     readme = listing.get(README_NAME)
     configs = readme_configs(storage.read_text(readme.uri)) if readme is not None else None
-    paths = sorted(listing)
-    config = config or choose_config(None if pattern else configs, paths)
-    chosen = select_files(paths, config, split, configs, pattern)
+    config, chosen = _choose_files(request, sorted(listing), configs)
     if not storage.is_gcs(source):
         megabytes = sum(listing[p].size for p in chosen) / MB
         log.info("download: checksumming %d local files (%.1f MB)", len(chosen), megabytes)
-    files = parallel_map(lambda p: SourceFile.from_listing(p, listing[p]), chosen, workers)
+    files = parallel_map(lambda p: SourceFile.from_listing(p, listing[p]), chosen, request.workers)
     computed = content_revision(files)
-    _check_revision(revision, source, computed)
-    name = dataset or storage.basename(source.rstrip("/")) or "dataset"
-    return Plan(source, kind, name, config, split, computed, PARQUET, files)
+    _check_revision(request.revision, source, computed)
+    name = request.dataset or storage.basename(source.rstrip("/")) or "dataset"
+    return Plan(source, kind, name, config, request.split, computed, PARQUET, files)
 
 
 def _resolve_audio(path: str, base: str) -> str:
@@ -165,10 +159,9 @@ def _common_dir(uris: Sequence[str]) -> str:
     return os.path.commonpath([os.path.dirname(os.path.abspath(u)) for u in uris])
 
 
-def plan_manifest(
-    source: str, split: str, revision: str | None, dataset: str | None, config: str | None, workers: int
-) -> Plan:
+def plan_manifest(request: DownloadRequest) -> Plan:
     """Plan a copy of a NeMo manifest and its audio files (``audio/…`` below ``out``)."""
+    source = request.source
     if not storage.exists(source):
         raise DownloadError(f"no such manifest: {source}")
     entries = manifest.read_manifest(source)
@@ -192,7 +185,7 @@ def plan_manifest(
             raise DownloadError(f"{source}:{where[uri]}: audio file not found: {uri}")
         return SourceFile.from_listing(relative[uri], info)
 
-    files = parallel_map(describe, distinct, workers)
+    files = parallel_map(describe, distinct, request.workers)
     out_entries = [
         {**entry, "audio_filepath": relative[uri]} for entry, uri in zip(entries, uris, strict=True)
     ]
@@ -200,14 +193,14 @@ def plan_manifest(
     for entry in out_entries:
         digest.update(manifest.manifest_line(entry).encode("utf-8"))
     computed = digest.hexdigest()
-    _check_revision(revision, source, computed)
-    name = dataset or re.sub(r"\.jsonl?$", "", storage.basename(source))
+    _check_revision(request.revision, source, computed)
+    name = request.dataset or re.sub(r"\.jsonl?$", "", storage.basename(source))
     return Plan(
         source,
         MANIFEST,
         name,
-        config or DEFAULT_CONFIG,
-        split,
+        request.config or DEFAULT_CONFIG,
+        request.split,
         computed,
         MANIFEST,
         files,

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from components import storage
+from components import outputs, storage
 from components.layout import REJECTS_NAME, SUCCESS_MARKER
 from components.lm import arpa, kneser_ney, text
 from components.lm.card import LmCard
@@ -80,8 +80,8 @@ def train_lm(
     manifests = [uri for source in sources for uri in text.manifest_uris(source)]
     tokenizer_uri = text.tokenizer_model_uri(tokenizer)
     processor = text.load_tokenizer(tokenizer_uri)
-    with storage.locked(storage.lock_uri(out_dir), STEP):
-        storage.claim_output(out_dir, STEP)
+    with outputs.locked(outputs.lock_uri(out_dir), STEP):
+        outputs.claim_output(out_dir, STEP)
         storage.delete(storage.join(out_dir, SUCCESS_MARKER))  # a rerun: not complete until done again
         card = _train(manifests, processor, tokenizer_uri, out_dir, order, heldout_every, max_reject_fraction)
         card.write(echo=False)

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from components import audio as checks
-from components import layout, storage
+from components import layout, outputs, storage
 from components.shard.card import GroupCard, ShardsCard
 from components.shard.errors import ShardError
 from components.shard.group import write_group
@@ -54,24 +54,24 @@ __all__ = [
 
 
 def run_lock(out_dir: str) -> str:
-    return storage.lock_uri(out_dir)
+    return outputs.lock_uri(out_dir)
 
 
 @contextlib.contextmanager
-def guarded(out_dir: str) -> Iterator[storage.Lock]:
+def guarded(out_dir: str) -> Iterator[outputs.Lock]:
     """Hold ``out_dir``'s lock and make sure it is write-shards' own (or empty)."""
     try:
-        with storage.locked(run_lock(out_dir), STEP) as lock:
-            storage.claim_output(out_dir, STEP)
+        with outputs.locked(run_lock(out_dir), STEP) as lock:
+            outputs.claim_output(out_dir, STEP)
             yield lock
-    except storage.OutputError as err:
+    except outputs.OutputError as err:
         raise ShardError(f"{STEP}: {err}") from None
 
 
 def _finished(out_dir: str, settings_id: str) -> ShardsCard | None:
     """The card of a dataset write-shards finished in ``out_dir`` with these settings, looked
     up without the lock (a rerun on unchanged data only reads)."""
-    if storage.owner_of(out_dir) != STEP:
+    if outputs.owner_of(out_dir) != STEP:
         return None
     return finished_card(out_dir, settings_id)
 
@@ -147,8 +147,8 @@ def _write_one_group(
     if not 0 <= group < count:
         raise ValueError(f"--group {group} is outside 0..{count - 1}")
     try:
-        storage.Lock(run_lock(out_dir), STEP).probe()  # a whole run or a merge is writing
-    except storage.OutputError as err:
+        outputs.Lock(run_lock(out_dir), STEP).probe()  # a whole run or a merge is writing
+    except outputs.OutputError as err:
         raise ShardError(f"{STEP}: {err}") from None
     if group < len(plan.groups):
         card = write_group(plan, group, out_dir, claim=True)

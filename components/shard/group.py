@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from components import audio as checks
-from components import layout, storage
+from components import layout, outputs, storage
 from components.items import Bad, Item
 from components.manifest import Rejects, manifest_line
 from components.member_names import member_stem
@@ -50,7 +50,7 @@ def group_rejects(out_dir: str, group: Group) -> str:
 
 
 def group_lock(out_dir: str, group: Group) -> str:
-    return storage.lock_uri(out_dir, group.name)
+    return outputs.lock_uri(out_dir, group.name)
 
 
 def read_group_card(out_dir: str, group: Group, settings_id: str) -> GroupCard | None:
@@ -82,11 +82,11 @@ def write_group(plan: Plan, group_index: int, out_dir: str, claim: bool = False)
     """
     group = plan.groups[group_index]
     try:
-        with storage.locked(group_lock(out_dir, group), STEP) as lock:
+        with outputs.locked(group_lock(out_dir, group), STEP) as lock:
             if claim:
-                storage.claim_output(out_dir, STEP)
+                outputs.claim_output(out_dir, STEP)
             return _write_group_locked(plan, group, out_dir, lock)
-    except storage.OutputError as err:
+    except outputs.OutputError as err:
         raise ShardError(f"{STEP}: {err}") from None
 
 
@@ -111,7 +111,7 @@ class _Tally:
         self.seconds += duration
 
 
-def _write_group_locked(plan: Plan, group: Group, out_dir: str, lock: storage.Lock) -> GroupCard:
+def _write_group_locked(plan: Plan, group: Group, out_dir: str, lock: outputs.Lock) -> GroupCard:
     settings_id = plan.settings_id
     done = read_group_card(out_dir, group, settings_id)
     if done is not None:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from components import storage
+from components import outputs
 from components.progress import format_seconds, setup_logging
 from components.shard.card import GroupCard, ShardsCard
 from components.shard.group import write_group
@@ -66,7 +66,7 @@ def _write_in_pool(plan: Plan, out_dir: str, workers: int) -> list[GroupCard]:
         workers,
         context,
         initializer=_init_worker,
-        initargs=(os.getpid(), storage.process_start(os.getpid())),
+        initargs=(os.getpid(), outputs.process_start(os.getpid())),
     )
     with pool:
         futures = [pool.submit(write_group, plan, index, out_dir) for index in range(count)]
@@ -144,10 +144,10 @@ def _watch_run(run_pid: int, run_started: float) -> None:
         pidfd: int | None = os.pidfd_open(run_pid)
     except (AttributeError, OSError):
         pidfd = None
-    if storage.process_alive(run_pid, run_started):  # after the pidfd: no pid reuse in between
+    if outputs.process_alive(run_pid, run_started):  # after the pidfd: no pid reuse in between
         if pidfd is not None:
             select.select([pidfd], [], [])  # readable once the process has ended
         else:
-            while storage.process_alive(run_pid, run_started):
+            while outputs.process_alive(run_pid, run_started):
                 time.sleep(0.5)
     os._exit(1)

@@ -33,7 +33,7 @@ from components.download import checksums, core
 from components.download.cli import download as download_command
 from components.download.data_files import choose_config, glob_regex, readme_configs, select_files
 from components.download.errors import DownloadError
-from components.download.files import SourceFile, content_revision
+from components.download.files import DownloadRequest, SourceFile, content_revision
 from components.download.hub import parse_hub_source
 from components.download.plan import make_plan, source_kind
 from components.download.transfer import MB, Transfer
@@ -317,16 +317,35 @@ def test_card_config_maps_validation_split(tmp_path: Path) -> None:
 
 def test_revision_is_a_content_hash(tmp_path: Path) -> None:
     root = corpus_copy(tmp_path)
-    first = make_plan(str(root), "clean", "train")
-    assert make_plan(str(root), "clean", "train").revision == first.revision
-    assert make_plan(str(CORPUS), "clean", "train").revision == first.revision  # same bytes, same key
+    request = DownloadRequest(str(root), config="clean", split="train")
+    first = make_plan(request)
+    assert make_plan(request).revision == first.revision
+    assert make_plan(request, source=str(CORPUS)).revision == first.revision  # same bytes, same key
     data = (root / TRAIN_FILES[2]).read_bytes()
     (root / TRAIN_FILES[2]).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
-    changed = make_plan(str(root), "clean", "train")
+    changed = make_plan(request)
     assert changed.revision != first.revision
     with pytest.raises(DownloadError, match=f"--revision {first.revision} was asked for"):
-        make_plan(str(root), "clean", "train", revision=first.revision)
-    assert make_plan(str(root), "clean", "train", revision=changed.revision).revision == changed.revision
+        make_plan(request, revision=first.revision)
+    assert make_plan(request, revision=changed.revision).revision == changed.revision
+
+
+def test_download_request_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty strings (the KFP parameters' "not given") mean None; the token stays out of the repr."""
+    request = DownloadRequest("src", config="", revision="", pattern="", dataset="", token="hf_secret")
+    assert (request.config, request.revision, request.pattern, request.dataset) == (None, None, None, None)
+    assert "hf_secret" not in repr(request)
+    assert DownloadRequest.of("src", split="test") == DownloadRequest("src", split="test")
+    assert DownloadRequest.of(request) is request
+    assert DownloadRequest.of(request, split="test").split == "test"
+    with pytest.raises(DownloadError, match="--workers must be at least 1, not 0"):
+        DownloadRequest("src", workers=0)
+    with pytest.raises(DownloadError, match="--workers must be at least 1, not 0"):
+        core.download(str(CORPUS), "unused", workers=0)
+    monkeypatch.setenv("HF_TOKEN", "hf_env")
+    assert (request.hub_token, DownloadRequest("src").hub_token) == ("hf_secret", "hf_env")
+    monkeypatch.setenv("HF_TOKEN", "")
+    assert DownloadRequest("src").hub_token is None
 
 
 def test_data_root_key(tmp_path: Path) -> None:
@@ -892,8 +911,8 @@ def test_resolve_revision_names_the_commit_a_download_gets(hub: str, tmp_path: P
 
 
 def test_resolve_revision_of_a_local_source_is_its_content_hash() -> None:
-    card = core.resolve_revision(str(CORPUS), "clean", "train")
-    assert card.revision == make_plan(str(CORPUS), "clean", "train").revision
+    card = core.resolve_revision(str(CORPUS), config="clean", split="train")
+    assert card.revision == make_plan(str(CORPUS), config="clean", split="train").revision
     result = CliRunner().invoke(asrflow_main, ["resolve-revision", "ftp://host/data"])
     assert result.exit_code != 0 and "Traceback" not in result.output
 

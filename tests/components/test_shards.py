@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components import layout, storage
+from components import layout, outputs, storage
 from components.audio import Rules
 from components.manifest import RejectThresholdExceeded, normalize_text, read_manifest
 from components.member_names import member_stem
@@ -552,8 +552,8 @@ def test_a_second_writer_fails_at_once_and_the_first_finishes_intact(
     assert json.loads(stdout.strip().splitlines()[-1])["utterances"] == 300
     for name, data in dataset_bytes(reference).items():
         assert storage.read_bytes(storage.join(out, name)) == data, name
-    assert not storage.exists(storage.lock_uri(out))
-    assert not storage.exists(storage.lock_uri(out, "group_00001_of_00002"))
+    assert not storage.exists(outputs.lock_uri(out))
+    assert not storage.exists(outputs.lock_uri(out, "group_00001_of_00002"))
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
@@ -604,7 +604,7 @@ def test_pool_workers_die_with_a_killed_run_and_the_rerun_is_identical(
     else:
         names = [str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()]
     assert not [name for name in names if storage.TEMP_PREFIX in name], names
-    assert not [p for p in (tmp_path / storage.STAGING_ROOT).rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / outputs.STAGING_ROOT).rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("where", ["local", "gcs"])
@@ -644,7 +644,7 @@ def test_sigterm_stops_the_run_and_its_workers_and_releases_the_locks(
     else:
         names = [str(p.relative_to(out)) for p in Path(out).rglob("*") if p.is_file()]
     assert not [name for name in names if storage.TEMP_PREFIX in name], names  # no lock, no temporary
-    assert not [p for p in (tmp_path / storage.STAGING_ROOT).rglob("*") if p.is_file()]
+    assert not [p for p in (tmp_path / outputs.STAGING_ROOT).rglob("*") if p.is_file()]
 
 
 def test_a_killed_gcs_run_leaves_no_staging_files_after_the_rerun(
@@ -677,7 +677,7 @@ def test_a_killed_gcs_run_leaves_no_staging_files_after_the_rerun(
     rerun = _run_cli(command[1:], env={**env, DELAY_ENV: "0"})
     assert rerun.returncode == 0, rerun.stderr
     assert not [p for p in tmp.rglob("*") if p.is_file()], "the killed run's staging files are still there"
-    assert all(p.is_relative_to(tmp / storage.STAGING_ROOT) for p in staged)
+    assert all(p.is_relative_to(tmp / outputs.STAGING_ROOT) for p in staged)
     for name, data in dataset_bytes(reference).items():
         assert storage.read_bytes(f"{out}/{name}") == data, name
     assert not [info for info in storage.list_files(out) if "lock" in info.uri]

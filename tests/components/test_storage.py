@@ -9,7 +9,7 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from components import storage
+from components import outputs, storage
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -197,42 +197,42 @@ def test_uri_helpers() -> None:
 def test_claim_output_refuses_a_directory_that_holds_other_files(root: str) -> None:
     out = storage.join(root, "out")
     storage.write_text(storage.join(out, "notes", "todo.txt"), "mine, not asrflow's\n")
-    with pytest.raises(storage.ForeignOutput) as refused:
-        storage.claim_output(out, "write-shards")
+    with pytest.raises(outputs.ForeignOutput) as refused:
+        outputs.claim_output(out, "write-shards")
     message = str(refused.value)
     assert (
         message.startswith(f"{out} is not empty and holds no write-shards run")
         and "notes/todo.txt" in message
     )
-    assert not storage.exists(storage.join(out, storage.OWNER_MARKER))
+    assert not storage.exists(storage.join(out, outputs.OWNER_MARKER))
 
     fresh = storage.join(root, "fresh")
     storage.write_text(storage.join(fresh, f"{storage.TEMP_PREFIX}x.abc"), "a killed run's temporary")
-    storage.claim_output(fresh, "write-shards")  # temporaries (and locks) do not count
-    assert storage.read_text(storage.join(fresh, storage.OWNER_MARKER)) == '{"step": "write-shards"}\n'
+    outputs.claim_output(fresh, "write-shards")  # temporaries (and locks) do not count
+    assert storage.read_text(storage.join(fresh, outputs.OWNER_MARKER)) == '{"step": "write-shards"}\n'
     storage.write_text(storage.join(fresh, "audio_0.tar"), "ours now")
-    storage.claim_output(fresh, "write-shards")  # a rerun of the same step
-    with pytest.raises(storage.ForeignOutput, match="holds the output of write-shards, not of download"):
-        storage.claim_output(fresh, "download")
+    outputs.claim_output(fresh, "write-shards")  # a rerun of the same step
+    with pytest.raises(outputs.ForeignOutput, match="holds the output of write-shards, not of download"):
+        outputs.claim_output(fresh, "download")
 
     legacy = storage.join(root, "legacy")  # finished before the marker existed: its card says so
     storage.write_text(storage.join(legacy, "card.json"), '{"step": "download"}')
     storage.write_text(storage.join(legacy, "clean", "train-00000-of-00001.parquet"), "data")
-    storage.claim_output(legacy, "download")
-    with pytest.raises(storage.ForeignOutput):
-        storage.claim_output(storage.join(root, "out"), "download")
+    outputs.claim_output(legacy, "download")
+    with pytest.raises(outputs.ForeignOutput):
+        outputs.claim_output(storage.join(root, "out"), "download")
 
 
 def test_claim_output_refuses_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(storage.ForeignOutput, match="is a file, not a directory"):
-        storage.claim_output(str(tmp_path / "file"), "download")
+    with pytest.raises(outputs.ForeignOutput, match="is a file, not a directory"):
+        outputs.claim_output(str(tmp_path / "file"), "download")
 
 
 HOLD = """
 import sys, time
-from components import storage
-lock = storage.Lock(sys.argv[1], "write-shards").acquire()
+from components import outputs
+lock = outputs.Lock(sys.argv[1], "write-shards").acquire()
 print("held", flush=True)
 time.sleep(600)
 """
@@ -244,13 +244,13 @@ def test_a_second_writer_fails_at_once_naming_the_holder_and_a_dead_holder_is_re
     import sys
     import time
 
-    uri = storage.lock_uri(storage.join(root, "out"))
+    uri = outputs.lock_uri(storage.join(root, "out"))
     holder = subprocess.Popen([sys.executable, "-c", HOLD, uri], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         started = time.monotonic()
-        with pytest.raises(storage.LockHeld) as held:
-            storage.Lock(uri, "write-shards").acquire()
+        with pytest.raises(outputs.LockHeld) as held:
+            outputs.Lock(uri, "write-shards").acquire()
         assert time.monotonic() - started < 5
         message = str(held.value)
         assert f"pid {holder.pid}" in message and "write-shards on host" in message
@@ -259,12 +259,12 @@ def test_a_second_writer_fails_at_once_naming_the_holder_and_a_dead_holder_is_re
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # locally the kernel dropped the dead holder's lock; on GCS its object names a dead process
-    with storage.locked(uri, "write-shards") as lock:
+    with outputs.locked(uri, "write-shards") as lock:
         assert lock.holder.pid == os.getpid()
-        with pytest.raises(storage.LockHeld):
-            storage.Lock(uri, "write-shards").acquire()  # held by this process: still exclusive
+        with pytest.raises(outputs.LockHeld):
+            outputs.Lock(uri, "write-shards").acquire()  # held by this process: still exclusive
     assert not storage.exists(uri)  # released: nothing left behind
-    with storage.locked(uri, "write-shards"):
+    with outputs.locked(uri, "write-shards"):
         pass
 
 
@@ -272,36 +272,36 @@ def _fake_holder(host: str, pid: int, refreshed_ago: float) -> bytes:
     import time
 
     now = time.time()
-    return storage.Holder("write-shards", host, pid, 0.0, now - 3600, now - refreshed_ago, "t").encode()
+    return outputs.Holder("write-shards", host, pid, 0.0, now - 3600, now - refreshed_ago, "t").encode()
 
 
 def test_gcs_lock_stale_rules(gcs_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    uri = storage.lock_uri(f"{gcs_bucket}/out")
+    uri = outputs.lock_uri(f"{gcs_bucket}/out")
     # a live writer on another machine: refused at once
     storage.write_bytes(uri, _fake_holder("other-node", 7, refreshed_ago=5))
     with pytest.raises(
-        storage.LockHeld, match="write-shards on host other-node, pid 7, since .*last seen 5 s ago"
+        outputs.LockHeld, match="write-shards on host other-node, pid 7, since .*last seen 5 s ago"
     ):
-        storage.Lock(uri, "write-shards").acquire()
+        outputs.Lock(uri, "write-shards").acquire()
     # silent for longer than STALE_AFTER_S (a preempted node): taken over
-    storage.write_bytes(uri, _fake_holder("other-node", 7, refreshed_ago=storage.STALE_AFTER_S + 5))
-    with storage.locked(uri, "write-shards") as lock:
-        assert storage.Holder.decode(storage.read_bytes(uri)).token == lock.holder.token
+    storage.write_bytes(uri, _fake_holder("other-node", 7, refreshed_ago=outputs.STALE_AFTER_S + 5))
+    with outputs.locked(uri, "write-shards") as lock:
+        assert outputs.Holder.decode(storage.read_bytes(uri)).token == lock.holder.token
     # a process of this machine that has ended: taken over at once
     storage.write_bytes(uri, _fake_holder(__import__("socket").gethostname(), 2**22 + 17, refreshed_ago=0))
-    with storage.locked(uri, "write-shards"):
+    with outputs.locked(uri, "write-shards"):
         pass
     # quiet for more than a heartbeat and a half: waited for until stale, then taken over
-    monkeypatch.setattr(storage, "HEARTBEAT_S", 0.5)
-    monkeypatch.setattr(storage, "STALE_AFTER_S", 3.0)
+    monkeypatch.setattr(outputs, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(outputs, "STALE_AFTER_S", 3.0)
     storage.write_bytes(uri, _fake_holder("other-node", 7, refreshed_ago=1.0))
     started = time.monotonic()
-    with storage.locked(uri, "write-shards") as lock:
+    with outputs.locked(uri, "write-shards") as lock:
         assert 1.0 < time.monotonic() - started < 10
         time.sleep(1.5)  # the holder refreshes its lock meanwhile
-        held = storage.Holder.decode(storage.read_bytes(uri))
+        held = outputs.Holder.decode(storage.read_bytes(uri))
         assert held.token == lock.holder.token and held.refreshed > held.acquired
     assert not storage.exists(uri)
 
@@ -313,13 +313,13 @@ def test_gcs_writes_stage_under_the_lock_and_a_rerun_cleans_them(
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     out = f"{gcs_bucket}/out"
-    uri = storage.lock_uri(out)
-    staging = Path(storage.staging_dir(uri))
+    uri = outputs.lock_uri(out)
+    staging = Path(outputs.staging_dir(uri))
     assert staging.is_relative_to(tmp_path / "tmp")
     staging.mkdir(parents=True)
     leftover = staging / f"{storage.TEMP_PREFIX}left-by-a-killed-run"
     leftover.write_bytes(b"x" * 1000)
-    with storage.locked(uri, "write-shards"):
+    with outputs.locked(uri, "write-shards"):
         assert not leftover.exists()  # the new holder removed it
         with storage.atomic_writer(f"{out}/a.bin") as stream:
             stream.write(b"payload")
