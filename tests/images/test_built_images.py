@@ -209,7 +209,7 @@ def test_each_component_imports_what_it_needs_in_its_image(import_failures, imag
             "resolve_revision", "download", "prepare_eval_set", "plan_shard_groups", "write_shard_group",
             "merge_shards", "write_shards", "estimate_buckets", "launch_trainjob",
         },
-        images.TRAIN_IMAGE: {"train", "evaluate", "train_tokenizer"},
+        images.TRAIN_IMAGE: {"train", "evaluate", "train_tokenizer", "train_lm"},
     }  # fmt: skip
     assert set(funcs) == expected[image]
     assert not failed, "\n".join(f"{name}: {errors}" for name, errors in failed.items())
