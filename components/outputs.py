@@ -93,7 +93,7 @@ def claim_output(directory: str, step: str) -> None:
         raise ForeignOutput(f"{directory} is a file, not a directory")
     foreign = _first_foreign_file(directory)
     if foreign is not None:
-        if not _is_card_of(storage.join(directory, "card.json"), step):
+        if not _is_card_of(storage.join(directory, layout.CARD_NAME), step):
             raise ForeignOutput(
                 f"{directory} is not empty and holds no {step} run of asrflow (it has {foreign}, "
                 f"and no {OWNER_MARKER} marker); write to an empty or new directory, or empty this one"
@@ -179,10 +179,10 @@ class Holder:
 def process_start(pid: int) -> float:
     """A process's start time in clock ticks since boot (Linux), 0 where unknown."""
     try:
-        storage.stat = Path(f"/proc/{pid}/storage.stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
-    return float(storage.stat[storage.stat.rindex(")") + 2 :].split()[19])
+    return float(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 def process_alive(pid: int, started: float = 0.0) -> bool:
@@ -194,10 +194,10 @@ def process_alive(pid: int, started: float = 0.0) -> bool:
     except PermissionError:
         pass
     try:
-        storage.stat = Path(f"/proc/{pid}/storage.stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc: the signal check is all there is
-    fields = storage.stat[storage.stat.rindex(")") + 2 :].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return False
     return not started or float(fields[19]) == started
