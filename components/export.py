@@ -10,7 +10,7 @@ from components import audio as checks
 from components import storage
 from components.items import Bad
 from components.layout import AUDIO_DIR, DOWNLOAD_MANIFEST_NAME, REJECTS_NAME
-from components.manifest import Rejects, manifest_line
+from components.manifest import DEFAULT_MAX_REJECT_FRACTION, Rejects, manifest_line
 from components.member_names import member_stem
 from components.progress import Progress
 from components.sources import count_rows, iter_items, open_source
@@ -25,7 +25,7 @@ def export_manifest(
     out_dir: str,
     split: str | None = None,
     rules: checks.Rules | None = None,
-    max_reject_fraction: float = 0.01,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
 ) -> str:
     """Write an INPUT's utterances as FLAC files plus a NeMo manifest; return the manifest URI.
 

@@ -111,6 +111,10 @@ def write_manifest(uri: str, entries: Iterable[Mapping[str, Any]]) -> int:
 
 # --- reject accounting -------------------------------------------------------------------
 
+DEFAULT_MAX_REJECT_FRACTION = 0.01
+"""The share of unusable items a large-data step skips before it fails (KFP components repeat
+it as a literal default: KFP copies a component's source, not this module)."""
+
 
 class RejectThresholdExceeded(RuntimeError):
     """More items were rejected than the step allows."""

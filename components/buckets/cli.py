@@ -6,6 +6,8 @@ import json
 
 import click
 
+from components import cli_options
+
 
 @click.command("estimate-buckets")
 @click.argument("tarred_dir", metavar="TARRED_DIR")
@@ -50,13 +52,7 @@ import click
     help="Simulate batches over at most this many utterances (a seeded random sample); "
     "the bins always use all of them.",
 )
-@click.option(
-    "--max-reject-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.01,
-    show_default=True,
-    help="Fail when more than this fraction of manifest lines is unusable (bad JSON, bad duration).",
-)
+@cli_options.max_reject_fraction("of manifest lines is unusable (bad JSON, bad duration)")
 @click.option(
     "--metadata/--no-metadata",
     "write_metadata",

@@ -28,7 +28,7 @@ from components.buckets.durations import manifest_uris, read_durations, resolve_
 from components.buckets.errors import BucketError
 from components.buckets.histogram import HISTOGRAM_NAME, plot_histogram
 from components.buckets.metadata import update_metadata
-from components.manifest import Rejects
+from components.manifest import DEFAULT_MAX_REJECT_FRACTION, Rejects
 
 log = logging.getLogger("asrflow.estimate_buckets")
 
@@ -52,7 +52,7 @@ def estimate_buckets(
     batch_duration: float = 600.0,
     seed: int = 0,
     efficiency_sample: int = 200_000,
-    max_reject_fraction: float = 0.01,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     write_metadata: bool = True,
 ) -> dict[str, Any]:
     """Estimate bins for a tarred dataset; write histogram, metadata.yaml fields, card, _SUCCESS.

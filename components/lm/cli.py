@@ -6,7 +6,8 @@ import json
 
 import click
 
-from components.lm.settings import DEFAULT_HELDOUT_EVERY, DEFAULT_MAX_REJECT_FRACTION, DEFAULT_ORDER
+from components import cli_options
+from components.lm.settings import DEFAULT_HELDOUT_EVERY, DEFAULT_ORDER
 
 
 @click.command("train-lm")
@@ -33,13 +34,7 @@ from components.lm.settings import DEFAULT_HELDOUT_EVERY, DEFAULT_MAX_REJECT_FRA
     help="Hold out about one utterance in this many (chosen by a hash of its text) and report the "
     "model's perplexity on them; 0 holds out nothing. Held-out text is not in the model.",
 )
-@click.option(
-    "--max-reject-fraction",
-    type=click.FloatRange(0, 1),
-    default=DEFAULT_MAX_REJECT_FRACTION,
-    show_default=True,
-    help="Fail when more than this fraction of manifest lines is unreadable (bad JSON, missing fields).",
-)
+@cli_options.max_reject_fraction("of manifest lines is unreadable (bad JSON, missing fields)")
 def train_lm(
     sources: tuple[str, ...],
     tokenizer: str,

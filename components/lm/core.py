@@ -31,12 +31,11 @@ from components.lm.errors import LmError
 from components.lm.settings import (
     ARPA_NAME,
     DEFAULT_HELDOUT_EVERY,
-    DEFAULT_MAX_REJECT_FRACTION,
     DEFAULT_ORDER,
     NEMO_NAME,
     STEP,
 )
-from components.manifest import Rejects
+from components.manifest import DEFAULT_MAX_REJECT_FRACTION, Rejects
 
 log = logging.getLogger("asrflow.train_lm")
 

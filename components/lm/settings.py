@@ -15,4 +15,3 @@ NEMO_NAME = layout.LM_NEMO_NAME
 DEFAULT_ORDER = 6
 """Sub-word tokens are short: six of them span two or three words."""
 DEFAULT_HELDOUT_EVERY = 20
-DEFAULT_MAX_REJECT_FRACTION = 0.01

@@ -7,6 +7,8 @@ import os
 
 import click
 
+from components import cli_options
+
 
 def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     if value is None:
@@ -33,13 +35,7 @@ def _parse_group(_ctx: click.Context, _param: click.Parameter, value: str | None
     "--min-duration", type=float, default=0.1, show_default=True, help="Reject shorter audio (seconds)."
 )
 @click.option("--max-duration", type=float, help="Reject longer audio (seconds); default: no limit.")
-@click.option(
-    "--max-reject-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.01,
-    show_default=True,
-    help="Fail when more than this fraction of items is faulty (duration filters not counted).",
-)
+@cli_options.max_reject_fraction("of items is faulty (duration filters not counted)")
 @click.option(
     "--resample/--reject-resample",
     default=True,

@@ -33,6 +33,7 @@ from typing import Any
 
 from components import audio as checks
 from components import layout, outputs, storage
+from components.manifest import DEFAULT_MAX_REJECT_FRACTION
 from components.shard.card import GroupCard, ShardsCard
 from components.shard.errors import ShardError
 from components.shard.group import write_group
@@ -179,7 +180,7 @@ def write_shards(
     *,
     split: str | None = None,
     rules: checks.Rules | None = None,
-    max_reject_fraction: float = 0.01,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     workers: int = 1,
     groups: int | None = None,
     group: int | None = None,
