@@ -62,8 +62,12 @@ def sharded_manifest_name(shard_id: int | str) -> str:
 
 
 # --- tokenizers and language models -----------------------------------------------------------
+TOKENIZERS_DIR = "tokenizers"
+"""Under data_root: tokenizers/<digest of their training text and settings>/ (the DAG's)."""
 TOKENIZER_MODEL_NAME = "tokenizer.model"
 """The SentencePiece model inside a tokenizer directory."""
+LMS_DIR = "lms"
+"""Under data_root: lms/<digest of their sources, tokenizer and settings>/ (the DAG's)."""
 LM_ARPA_NAME = "lm.arpa"
 LM_NEMO_NAME = "lm.nemo"
 """An n-gram language model, as ARPA text and as NeMo's ``.nemo`` n-gram."""
@@ -93,6 +97,16 @@ def run_dir(data_root: str, run_id: str) -> str:
 def run_eval_dir(data_root: str, run_id: str) -> str:
     """``DATA_ROOT/runs/<run_id>/eval``: where a run's evaluation writes."""
     return storage.join(run_dir(data_root, run_id), EVAL_DIR)
+
+
+def tokenizer_dir(data_root: str, key: str) -> str:
+    """``DATA_ROOT/tokenizers/<key>``: a tokenizer keyed by its training text and settings."""
+    return storage.join(data_root, TOKENIZERS_DIR, key)
+
+
+def lm_dir(data_root: str, key: str) -> str:
+    """``DATA_ROOT/lms/<key>``: an n-gram LM keyed by its text sources, tokenizer and settings."""
+    return storage.join(data_root, LMS_DIR, key)
 
 
 def champion_uri(data_root: str, name: str) -> str:

@@ -1,4 +1,4 @@
-"""The asrflow pipeline: download → tarred shards → bucket bins → train → evaluate.
+"""The asrflow pipeline: download → tarred shards → bucket bins (and a tokenizer) → train → evaluate.
 
 ``asrflow compile --out asrflow.yaml [--gpu v100|a100]`` writes the YAML to upload in the
 KFP UI; ``asrflow run --local`` runs this same function through ``kfp.local``. Standard
@@ -14,8 +14,9 @@ from kfp import compiler, dsl
 from components.buckets.component import estimate_buckets
 from components.download.component import download, prepare_eval_set, resolve_revision
 from components.evaluate.component import evaluate
+from components.lm.component import train_lm
 from components.shard.component import merge_shards, plan_shard_groups, write_shard_group
-from components.train.component import train
+from components.train.component import train, train_tokenizer
 from pipelines import placement
 from pipelines.launch_trainjob import launch_trainjob
 
@@ -50,6 +51,9 @@ TRAINING_PARAMETERS = {
     "num_nodes": "num_nodes",
     "max_bad_shards": "max_bad_shards",
     "stall_timeout": "stall_timeout",
+    "init_from": "init_from",
+    "freeze_encoder": "freeze_encoder",
+    "train_last_layers": "train_last_layers",
 }
 
 
@@ -93,6 +97,10 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         max_reject_fraction: float = 0.01,
         num_buckets: int = 30,
         model_config: str = "conformer_ctc_char",
+        tokenizer_vocab_size: int = 256,
+        init_from: str = "",
+        freeze_encoder: bool = False,
+        train_last_layers: int = 0,
         max_steps: int = 100000,
         checkpoint_every: int = 1000,
         train_overrides: list = [],  # noqa: B006 (KFP default)
@@ -101,8 +109,13 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         stall_timeout: float = 30.0,
         champion_name: str = "",
         max_wer: float = 0.9,
+        lm_order: int = 0,
+        lm_text_sources: list = [],  # noqa: B006 (KFP default)
+        lm_alpha: float = 0.5,
+        tune_lm_alpha: bool = True,
+        lm_beam_size: int = 0,
     ) -> dsl.Artifact:
-        """Train a NeMo Conformer-CTC on a hub speech dataset and evaluate WER/CER.
+        """Train (or fine-tune) a NeMo speech model on a hub speech dataset and evaluate WER/CER.
 
         Args:
             data_root: where datasets, runs and models live (gs://bucket/prefix).
@@ -124,7 +137,20 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             max_reject_fraction: write-shards fails when more items than this are corrupt.
             num_buckets: Lhotse duration buckets estimated for training.
             model_config: a config under components/train/conf (conformer_ctc_char,
-                conformer_ctc_bpe, small, tiny) or a YAML path.
+                conformer_ctc_bpe, fastconformer_ctc_bpe, fastconformer_rnnt_bpe,
+                fastconformer_hybrid_tdt_ctc_bpe, small, small_rnnt_bpe,
+                small_hybrid_rnnt_ctc_bpe, tiny, the finetune_* recipes) or a YAML path.
+            tokenizer_vocab_size: SentencePiece vocabulary of the tokenizer trained on the
+                training text for a sub-word (BPE) model_config (a character one needs none).
+                0: none trained, for fine-tuning a sub-word init_from model with its own
+                tokenizer.
+            init_from: fine-tuning: the model to start from, a .nemo (gs://) or a pretrained
+                name on the Hugging Face hub (nvidia/…). Its own config gives the
+                architecture; model_config gives the data, optim and trainer sections. A new
+                tokenizer (tokenizer_vocab_size) replaces its vocabulary. Empty: a fresh model.
+            freeze_encoder: fine-tuning: the encoder's weights stay as loaded; only the
+                decoder (and train_last_layers) train.
+            train_last_layers: with freeze_encoder, the last N encoder layers still train.
             max_steps: training steps.
             checkpoint_every: steps between checkpoints (a preempted run loses at most these).
             train_overrides: extra NeMo config overrides, key=value.
@@ -138,6 +164,16 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
                 comparison, no promotion.
             max_wer: promotion ceiling: a model whose mean WER is above it (0.9 = 90%) is
                 never promoted, even when there is no champion yet.
+            lm_order: an n-gram language model of this order (in sub-word tokens) over the
+                training text, used by evaluation's beam search; 0: none. Sub-word models
+                only (it needs the train-tokenizer step's tokenizer).
+            lm_text_sources: more text for the LM: NeMo manifests or tarred dataset
+                directories (gs://).
+            lm_alpha: the LM's weight in beam search (unless tune_lm_alpha).
+            tune_lm_alpha: pick the LM weight on the validation set only.
+            lm_beam_size: the beam of the beam search with the LM (0: 4). The champion comparison
+                stays on greedy decoding of the model's own head (what is served); the LM
+                figures are reported beside it.
         """
         arguments = dict(locals())
         dataset_label = "train"
@@ -188,6 +224,30 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
         bins = estimate_buckets(tarred_dir=shards.outputs["out_dir"], num_buckets=num_buckets)
         placement.place_data_step(bins, "estimate-buckets", dataset_label)
 
+        # Cached and keyed by the training text: the same shards (and settings) give a cache
+        # hit; a miss on the same text still finds its directory, tokenizers/<digest of the
+        # text and settings>, complete. Whether the model needs one is decided at run time:
+        # model_config may be a YAML on gs:// that only a step can read; a character config
+        # returns "" at once, and a cached step costs nothing on the next run.
+        tokenizer = train_tokenizer(
+            source=shards.outputs["out_dir"],
+            data_root=data_root,
+            config=model_config,
+            vocab_size=tokenizer_vocab_size,
+        )
+        placement.place_data_step(tokenizer, "train-tokenizer", dataset_label)
+
+        # Cached, and written once per text, tokenizer and order under lms/<digest>; returns
+        # "" at once for lm_order 0 or a character model (no tokenizer).
+        lm = train_lm(
+            dataset_dir=shards.outputs["out_dir"],
+            tokenizer_dir=tokenizer.outputs["Output"],
+            data_root=data_root,
+            extra_sources=lm_text_sources,
+            order=lm_order,
+        )
+        placement.place_data_step(lm, "train-lm", dataset_label)
+
         validation = prepare_eval_set(spec=validation_set, data_root=data_root)
         placement.place_data_step(validation, "prepare-eval-set", "validation", cache=False)
         placement.use_hub_token(validation)
@@ -203,6 +263,7 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             data_root=data_root,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             bucket_bins=bins.outputs["Output"],  # an input, not a file another step may rewrite
+            tokenizer_dir=tokenizer.outputs["Output"],
             **{setting: arguments[name] for name, setting in TRAINING_PARAMETERS.items()},
         )
         with dsl.If(num_nodes > 1, name="multi-node"):
@@ -221,10 +282,28 @@ def build_pipeline(gpu: str = "v100", gpus_per_node: int | None = None, local: b
             champion_name=champion_name,
             max_wer=max_wer,
             validation_set=validation.outputs["eval_set"],
+            lm_dir=lm.outputs["Output"],
+            lm_alpha=lm_alpha,
+            tune_lm_alpha=tune_lm_alpha,
+            beam_size=lm_beam_size,
         )
         placement.place_gpu_step(scores, "evaluate", gpu, 1, dataset_label, retry=placement.EVALUATE_RETRY)
         if local:
-            tasks = (resolved, raw, groups, part, shards, bins, validation, prepared, multi, single, scores)
+            tasks = (
+                resolved,
+                raw,
+                groups,
+                part,
+                shards,
+                bins,
+                tokenizer,
+                lm,
+                validation,
+                prepared,
+                multi,
+                single,
+                scores,
+            )
             for task in tasks:
                 task.set_retry(0)
         return scores.outputs["card"]

@@ -33,6 +33,7 @@ def launch_trainjob(
     bucket_bins: list = [],  # noqa: B006 - KFP needs a literal default
     init_from: str = "",
     freeze_encoder: bool = False,
+    train_last_layers: int = 0,
     tokenizer_dir: str = "",
     precision: str = "",
     max_bad_shards: int = 0,
@@ -56,9 +57,12 @@ def launch_trainjob(
         seed: model-initialisation seed (-1: the config's).
         bucket_bins: Lhotse duration bins (estimate-buckets' output); empty: those in
             metadata.yaml, else the config's.
-        init_from: a .nemo model to start from (fine-tuning).
-        freeze_encoder: train the decoder only.
-        tokenizer_dir: SentencePiece directory for a BPE config.
+        init_from: fine-tuning: a .nemo model (gs://) or a pretrained name on the Hugging
+            Face hub (nvidia/…) to start from; its config gives the architecture.
+        freeze_encoder: train the decoder only (see train_last_layers).
+        train_last_layers: with freeze_encoder, the last N encoder layers still train.
+        tokenizer_dir: SentencePiece directory for a BPE config (train_tokenizer's output);
+            with init_from it replaces the model's vocabulary; empty: the model's own.
         precision: Lightning precision: the GPU pool's (empty: chosen by the GPUs found).
         max_bad_shards: damaged shards training may do without (listed in the card); one
             more fails the run.

@@ -100,7 +100,7 @@ CPU_POOL = NodePool(
     max_nodes=4,
 )
 # One V100 (16 GB) a node. NeMo's Conformer recipes load audio in 4 training and 2
-# validation dataloader workers (components/train/conf/base/conformer_ctc.yaml: num_workers)
+# validation dataloader workers (components/train/conf/base/common.yaml: num_workers)
 # that decode and augment in RAM and pass batches through /dev/shm, next to the trainer
 # process: an n1-standard-8 (30 GB) leaves under 24 GiB to pods after GKE's share, too
 # little for that. n1-highmem-8 (52 GB) costs little more than n1-standard-8 beside the V100

@@ -31,10 +31,19 @@ DEFAULT_CONFIG = "small"
 SEED = 0
 
 
-def make_data(workdir: Path, hours: float, train_ds: Any) -> tuple[Path, Path, Path]:
+def make_data(
+    workdir: Path,
+    hours: float | None,
+    train_ds: Any,
+    voices: str = "mixed",
+    seed: int = SEED,
+    train_utterances: int = 0,
+) -> tuple[Path, Path, Path]:
     """Corpus -> tarred shards with bins, validation and test manifests (each step once).
 
-    The bins are estimated for the config's ``train_ds`` (its num_buckets and batch_duration).
+    The bins are estimated for the config's ``train_ds`` (its num_buckets and batch_duration);
+    ``voices`` and ``seed`` choose the corpus (tests.corpus.generate.VOICE_SETS); the train
+    split is ``hours`` of audio, or ``train_utterances`` utterances when ``hours`` is None.
     """
     from components import storage
     from components.buckets.core import estimate_buckets
@@ -45,11 +54,21 @@ def make_data(workdir: Path, hours: float, train_ds: Any) -> tuple[Path, Path, P
     corpus = workdir / "corpus"
     if not (corpus / "SHA256SUMS").exists():
         started = time.monotonic()
-        generate_corpus(corpus, train=0, dev=60, test=60, seed=SEED, hours=hours, train_files=4)
-        log.info("corpus of %.1f h generated in %s", hours, format_seconds(time.monotonic() - started))
+        summary = generate_corpus(
+            corpus,
+            train=train_utterances,
+            dev=60,
+            test=60,
+            seed=seed,
+            hours=hours,
+            train_files=4,
+            voices=voices,
+        )
+        train_hours = summary["splits"]["train"]["hours"]
+        log.info("corpus of %.2f h generated in %s", train_hours, format_seconds(time.monotonic() - started))
     tarred = workdir / "tarred"
     if not storage.is_complete(str(tarred)):
-        write_shards(str(corpus / "clean"), str(tarred), num_shards=8, seed=SEED, workers=2)
+        write_shards(str(corpus / "clean"), str(tarred), num_shards=8, seed=seed, workers=2)
     estimate_buckets(
         str(tarred), num_buckets=int(train_ds.num_buckets), batch_duration=float(train_ds.batch_duration)
     )
@@ -81,9 +100,18 @@ def untrained_model(path: Path, config: str, overrides: list[str]) -> Path:
 
 
 def train(
-    tarred: Path, validation: Path, run_dir: Path, config: str, steps: int, overrides: list[str]
+    tarred: Path,
+    validation: Path,
+    run_dir: Path,
+    config: str,
+    steps: int,
+    overrides: list[str],
+    **more_settings: Any,
 ) -> dict[str, Any]:
-    """``asrflow train`` as a user runs it; its log goes to RUN_DIR.log and to our stderr."""
+    """``asrflow train`` as a user runs it; its log goes to RUN_DIR.log and to our stderr.
+
+    ``more_settings``: other fields of TrainSettings (e.g. ``init_from``).
+    """
     from components.train.settings import TrainSettings
 
     settings = TrainSettings(
@@ -93,6 +121,7 @@ def train(
         config=config,
         max_steps=steps,
         overrides=overrides,
+        **more_settings,
     )
     command = [str(Path(sys.executable).with_name("asrflow")), "train", *settings.to_argv()]
     log.info("running: %s", " ".join(command))

@@ -49,6 +49,7 @@ INTEGRATION = "integration"
 # every test of these modules
 INTEGRATION_MODULES = {
     "tests/pipelines/test_local_run.py": "the whole DAG through kfp.local",
+    "tests/components/test_finetune.py": "restores, re-vocabularies and fine-tunes NeMo models",
 }
 # every test that uses one of these fixtures
 INTEGRATION_FIXTURES = {
@@ -58,6 +59,8 @@ INTEGRATION_FIXTURES = {
     "tiny_nemo_model": "builds and saves a NeMo model",
     "constant_nemo_model": "builds and saves NeMo models",
     "make_corpus": "synthesises a corpus with espeak-ng and flite",
+    "bpe_tokenizer": "trains a SentencePiece tokenizer",
+    "bpe_nemo_model": "builds and saves NeMo models",
 }
 # every test parametrized with this argument name
 INTEGRATION_PARAMETERS = {
@@ -70,6 +73,12 @@ INTEGRATION_TESTS = {
     "tests/components/test_shards.py::test_kill_and_rerun_gives_the_same_bytes": "kills an asrflow run",
     "tests/components/test_corpus.py::test_bundled_corpus_is_what_the_generator_makes": "synthesises speech",
     "tests/components/test_corpus.py::test_cli_help_and_run": "synthesises speech",
+    "tests/components/test_families.py::test_every_shipped_config_builds_its_family": (
+        "builds every shipped config's NeMo model"
+    ),
+    "tests/components/test_train.py::test_the_pipelines_tokenizer_step_is_keyed_by_the_training_text": (
+        "kfp.local tasks and NeMo's SentencePiece trainer"
+    ),
 }
 
 

@@ -18,11 +18,22 @@ class EvaluateCard(Card):
         model_md5: the .nemo file's MD5.
         device: what transcribed (``cpu``, ``cuda``, ``cuda:N``).
         scoring: the scoring method (:data:`components.evaluate.scoring.SCORING`).
-        sets: per set: manifest, source, fingerprint, num_utterances, hours, the WER and CER
-            counts, and the hypotheses' URI.
-        mean_wer: the unweighted mean of the sets' WERs.
+        sets: per set: manifest, source, fingerprint, num_utterances, hours, the served
+            decoding's WER and CER counts and hypotheses' URI, and ``decodings``: the same
+            figures under every decoding key.
+        mean_wer: the unweighted mean of the sets' WERs, served decoding (what the champion
+            comparison reads).
         report: report.md's URI.
         champion: the champion decision (None without a champion URI).
+        heads: the model's decoding heads (``ctc``, ``rnnt``; a hybrid has both), served first.
+        served: the served decoding: ``head`` (the one NeMo decodes with once the model is
+            restored), ``strategy`` and its ``decoding`` key.
+        decodings: every decoding scored, by key (``rnnt_greedy``, ``ctc_beam_lm``...): head,
+            strategy, beam size, LM and its weight, key phrases.
+        mean_wer_by_decoding: the mean WER over the sets under each decoding.
+        lm: the n-gram LM (None without one): file, MD5, the tokenizer it was built for, the
+            beam, the weight per decoding and the tuning on the validation set.
+        boost: the key phrases boosted (None without them): file, phrases, weight.
     """
 
     STEP: ClassVar[str] = "evaluate"
@@ -34,3 +45,9 @@ class EvaluateCard(Card):
     mean_wer: float
     report: str
     champion: dict[str, Any] | None
+    heads: list[str] = dataclasses.field(default_factory=list)
+    served: dict[str, Any] = dataclasses.field(default_factory=dict)
+    decodings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    mean_wer_by_decoding: dict[str, float] = dataclasses.field(default_factory=dict)
+    lm: dict[str, Any] | None = None
+    boost: dict[str, Any] | None = None

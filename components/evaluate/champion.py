@@ -93,6 +93,7 @@ def champion_record(
         "model_md5": model_md5,
         "mean_wer": mean_wer(results),
         "scoring": SCORING,
+        "decoding": next(iter(results.values())).decoding.describe(),
         "evaluation": cards.card_uri(out_dir),
         "sets": {
             name: {

@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from components import storage
+from components.evaluate.decoding import (
+    Decoding,
+    ModelInfo,
+    apply_decoding,
+    check_served_head,
+    read_model_info,
+)
 from components.evaluate.errors import EvaluateError
 from components.evaluate.sets import Utterance
 
@@ -150,7 +157,10 @@ def transcribe(
 
 
 class ModelRunner:
-    """Loads a model once, when the first set needs transcribing (finished sets need none)."""
+    """Loads a model once, when the first set needs transcribing (finished sets need none).
+
+    What the model has (heads, tokenizer) is read from the archive without loading it.
+    """
 
     def __init__(self, model_uri: str, staging_dir: str, device: str, batch_size: int, num_workers: int):
         self.model_uri = model_uri
@@ -160,7 +170,9 @@ class ModelRunner:
         self.num_workers = num_workers
         self._local: str | None = None
         self._md5: str | None = None
+        self._info: ModelInfo | None = None
         self._model: Any = None
+        self._decoding: Decoding | None = None
 
     @property
     def local_path(self) -> str:
@@ -191,11 +203,29 @@ class ModelRunner:
             self._md5 = info.md5 if info is not None and info.md5 else storage.file_md5(self.local_path)
         return self._md5
 
-    def model(self) -> Any:
+    @property
+    def info(self) -> ModelInfo:
+        """The model's heads, served head and vocabulary, from the archive."""
+        if self._info is None:
+            self._info = read_model_info(self.local_path, self.model_uri)
+        return self._info
+
+    def served_decoding(self) -> Decoding:
+        """How the model is served: its served head, greedy."""
+        return Decoding(head=self.info.served)
+
+    def model(self, decoding: Decoding | None = None) -> Any:
+        """The loaded model, set to decode with ``decoding`` (default: the served decoding)."""
         if self._model is None:
             log.info("evaluate: loading %s on %s", self.model_uri, self.device)
             self._model = load_model(self.local_path, self.device, shown_as=self.model_uri)
+            check_served_head(self._model, self.info, self.model_uri)
+        decoding = decoding or self.served_decoding()
+        if decoding != self._decoding:
+            apply_decoding(self._model, decoding)
+            self._decoding = decoding
         return self._model
 
     def close(self) -> None:
         self._model = None
+        self._decoding = None

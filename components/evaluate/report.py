@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from components import storage
+from components.evaluate.decoding import Decoding
 from components.evaluate.results import HYPOTHESES_NAME, SetResult, mean_wer
 from components.evaluate.scoring import percent
 from components.evaluate.sets import CHAMPION_DIR
@@ -57,6 +58,79 @@ def _sets_table(results: Mapping[str, SetResult]) -> str:
     return markdown_table(headers, rows, "lrrrrrrrr")
 
 
+def _decoding_label(decoding: Decoding) -> str:
+    label = decoding.strategy
+    if decoding.beam_size:
+        label += f", beam {decoding.beam_size}"
+    if decoding.lm is not None:
+        label += f", LM α={decoding.lm_alpha:g}"
+    if decoding.boost:
+        label += f", {len(decoding.boost)} key phrase(s)"
+    return label
+
+
+def _decodings_section(
+    served_key: str, by_decoding: Mapping[str, Mapping[str, SetResult]], decodings: Mapping[str, Decoding]
+) -> list[str]:
+    """WER and CER of every set under every decoding (head, search, LM), the served one marked."""
+    headers = ("Set", "Decoding", "Head", "Search", "WER", "CER", "Audio s/s")
+    rows = []
+    set_names = list(next(iter(by_decoding.values())))
+    for name in set_names:
+        for key, found in by_decoding.items():
+            result = found[name]
+            speed = "reused" if result.audio_s_per_s is None else f"{result.audio_s_per_s:.1f}"
+            rows.append(
+                (
+                    name,
+                    key + (" (served)" if key == served_key else ""),
+                    decodings[key].head,
+                    _decoding_label(decodings[key]),
+                    percent(result.score.wer),
+                    percent(result.score.cer),
+                    speed,
+                )
+            )
+    means = ", ".join(f"{key} {percent(mean_wer(found))}" for key, found in by_decoding.items())
+    return [
+        "## Decodings",
+        "",
+        markdown_table(headers, rows, "llllrrr"),
+        "",
+        f"Mean WER by decoding: {means}.",
+        "",
+    ]
+
+
+def _lm_section(lm: Mapping[str, Any], boost: Mapping[str, Any] | None) -> list[str]:
+    lines = [
+        "## Language model",
+        "",
+        f"`{lm['uri']}`, built for the tokenizer `{lm['tokenizer']}` ({lm['vocab_size']} tokens), "
+        f"beam {lm['beam_size']}.",
+        "",
+    ]
+    for key, record in (lm.get("tuning") or {}).items():
+        rows = [
+            (f"{item['alpha']:g}" + (" (chosen)" if item["alpha"] == record["alpha"] else ""),)
+            + (percent(item["wer"]),)
+            for item in record["grid"]
+        ]
+        lines += [
+            f"{key}: LM weight tuned on `{record['set']}` only, then used on every set:",
+            "",
+            markdown_table(("α", f"WER on {record['set']}"), rows, "rr"),
+            "",
+        ]
+    if boost:
+        lines += [_boost_line(boost), ""]
+    return lines
+
+
+def _boost_line(boost: Mapping[str, Any]) -> str:
+    return f"Key phrases boosted (α={boost['alpha']:g}) from `{boost['file']}`: {len(boost['phrases'])}."
+
+
 def _champion_section(results: Mapping[str, SetResult], champion: Mapping[str, Any]) -> list[str]:
     verdict = "promoted to champion" if champion["promoted"] else "not promoted"
     lines = ["## Champion", "", f"**{verdict}**: {champion['reason']}.", ""]
@@ -90,19 +164,33 @@ def render_report(
     results: Mapping[str, SetResult],
     champion: Mapping[str, Any] | None,
     champion_results: Mapping[str, SetResult] | None,
+    by_decoding: Mapping[str, Mapping[str, SetResult]] | None = None,
+    decodings: Mapping[str, Decoding] | None = None,
+    lm: Mapping[str, Any] | None = None,
+    boost: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report: a table of sets, the champion decision, the worst utterances."""
+    """The Markdown report: a table of sets, every decoding, the LM, the champion, the worst utterances."""
+    served = next(iter(results.values())).decoding
     lines = [
         f"# Evaluation of `{model_uri}`",
         "",
         "WER and CER after the shared text normalisation (lower case, punctuation dropped), "
         "counted by jiwer over each whole set.",
         "",
+        f"Main figures: the served decoding, `{served.key}`: the {served.head} head (the one NeMo "
+        f"decodes with once the model is restored), {_decoding_label(served)}.",
+        "",
         _sets_table(results),
         "",
         f"Mean WER over the sets: **{percent(mean_wer(results))}**",
         "",
     ]
+    if by_decoding and decodings and len(by_decoding) > 1:
+        lines += _decodings_section(served.key, by_decoding, decodings)
+    if lm is not None:
+        lines += _lm_section(lm, boost)
+    elif boost:
+        lines += [_boost_line(boost), ""]
     if champion is not None:
         lines += _champion_section(results, champion)
     for name, result in results.items():

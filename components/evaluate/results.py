@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from components import layout, storage
+from components.evaluate.decoding import Decoding
 from components.evaluate.model import ModelRunner, transcribe
 from components.evaluate.scoring import SCORING, SetScore, score, utterance_rates
 from components.evaluate.sets import EvalSet, Utterance, set_fingerprint
@@ -31,7 +32,11 @@ HYPOTHESES_NAME = "hypotheses.jsonl"
 
 @dataclasses.dataclass
 class SetResult:
-    """A set's score and where its hypotheses are."""
+    """A set's score under one decoding and where its hypotheses are.
+
+    ``audio_s_per_s`` is the transcription speed (seconds of audio per second, model loading
+    and decoder set-up left out), None when the hypotheses were reused.
+    """
 
     eval_set: EvalSet
     fingerprint: str
@@ -40,6 +45,8 @@ class SetResult:
     score: SetScore
     hypotheses_uri: str
     worst: list[dict[str, Any]]
+    decoding: Decoding
+    audio_s_per_s: float | None = None
 
     def card(self) -> dict[str, Any]:
         """The set's entry in the evaluate card's ``sets``."""
@@ -53,15 +60,29 @@ class SetResult:
             "hypotheses": self.hypotheses_uri,
         }
 
+    def figures(self) -> dict[str, Any]:
+        """The set's entry under one decoding: the scores and the hypotheses.
+
+        The speed is left out (the report shows it): a rerun that reuses the hypotheses
+        writes the same card.
+        """
+        return {**self.score.as_dict(), "hypotheses": self.hypotheses_uri}
+
 
 def mean_wer(results: Mapping[str, SetResult]) -> float:
     """The unweighted mean of per-set WERs (each set counts the same, whatever its size)."""
     return math.fsum(result.score.wer for result in results.values()) / len(results)
 
 
-def _set_done_text(model_md5: str, fingerprint: str) -> str:
+def _set_done_text(model_md5: str, fingerprint: str, decoding: Decoding) -> str:
     return json.dumps(
-        {"model_md5": model_md5, "fingerprint": fingerprint, "scoring": SCORING}, sort_keys=True
+        {
+            "model_md5": model_md5,
+            "fingerprint": fingerprint,
+            "scoring": SCORING,
+            "decoding": decoding.describe(),
+        },
+        sort_keys=True,
     )
 
 
@@ -74,9 +95,14 @@ def _read_predictions(uri: str, expected: int) -> list[str] | None:
     return [row["pred_text"] for row in rows]
 
 
-def _transcribe_set(runner: ModelRunner, utterances: Sequence[Utterance], label: str) -> list[str]:
-    """Transcribe a set with the runner's model, showing utterances and audio seconds a second."""
-    model = runner.model()
+def _transcribe_set(
+    runner: ModelRunner, utterances: Sequence[Utterance], label: str, decoding: Decoding
+) -> tuple[list[str], float]:
+    """Transcribe a set with the runner's model, showing utterances and audio seconds a second.
+
+    Returns the transcripts and the speed (audio seconds per second).
+    """
+    model = runner.model(decoding)
     progress = Progress(f"{label}: utterances", total=len(utterances))
     seconds = {"audio": 0.0}
     started = time.monotonic()
@@ -89,7 +115,7 @@ def _transcribe_set(runner: ModelRunner, utterances: Sequence[Utterance], label:
     with tempfile.TemporaryDirectory(prefix="transcribe-", dir=runner.staging_dir) as work:
         predictions = transcribe(model, utterances, runner.batch_size, runner.num_workers, work, on_chunk)
     progress.finish()
-    return predictions
+    return predictions, seconds["audio"] / max(time.monotonic() - started, 1e-9)
 
 
 def _rows(utterances: Sequence[Utterance], predictions: Sequence[str]) -> list[tuple[dict[str, Any], int]]:
@@ -112,12 +138,14 @@ def evaluate_set(
     set_dir: str,
     worst: int,
     label: str,
+    decoding: Decoding,
 ) -> SetResult:
     """Transcribe one set (or reuse its finished hypotheses), score it, write hypotheses.jsonl."""
     fingerprint = set_fingerprint(utterances)
     hypotheses_uri = storage.join(set_dir, HYPOTHESES_NAME)
     done_uri = storage.join(set_dir, layout.SUCCESS_MARKER)
-    done_text = _set_done_text(runner.md5, fingerprint)
+    done_text = _set_done_text(runner.md5, fingerprint, decoding)
+    speed = None
     hours = sum(utt.duration for utt in utterances) / 3600
     predictions: list[str] | None = None
     if storage.exists(done_uri) and storage.read_text(done_uri) == done_text:
@@ -128,7 +156,7 @@ def evaluate_set(
             )
     if predictions is None:
         storage.delete(done_uri)
-        predictions = _transcribe_set(runner, utterances, label)
+        predictions, speed = _transcribe_set(runner, utterances, label, decoding)
     rows = _rows(utterances, predictions)
     if not storage.exists(done_uri):
         storage.write_text(hypotheses_uri, "".join(manifest_line(row) for row, _ in rows))
@@ -154,6 +182,8 @@ def evaluate_set(
         score=set_score,
         hypotheses_uri=hypotheses_uri,
         worst=[row for row, _ in worst_rows],
+        decoding=decoding,
+        audio_s_per_s=speed,
     )
 
 
@@ -163,11 +193,21 @@ def evaluate_model(
     out_dir: str,
     worst: int,
     who: str = "model",
+    decoding: Decoding | None = None,
 ) -> dict[str, SetResult]:
-    """Every set in turn under ``out_dir/<set>``; returns the results by set name."""
+    """Every set in turn, decoded by ``decoding`` (default: the model's served decoding).
+
+    The served decoding's outputs go under ``out_dir/<set>``, another's under
+    ``out_dir/<set>/<decoding key>``. Returns the results by set name.
+    """
+    served = runner.served_decoding()
+    decoding = decoding or served
     results = {}
     for index, (eval_set, utterances) in enumerate(sets, start=1):
         label = f"evaluate {who} set {index}/{len(sets)} {eval_set.name}"
         set_dir = storage.join(out_dir, eval_set.name)
-        results[eval_set.name] = evaluate_set(runner, eval_set, utterances, set_dir, worst, label)
+        if decoding != served:
+            label += f" {decoding.key}"
+            set_dir = storage.join(set_dir, decoding.key)
+        results[eval_set.name] = evaluate_set(runner, eval_set, utterances, set_dir, worst, label, decoding)
     return results

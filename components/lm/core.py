@@ -17,13 +17,15 @@ The same text, tokenizer and settings give byte-identical files.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from components import outputs, storage
+from components import layout, outputs, storage
 from components.layout import REJECTS_NAME, SUCCESS_MARKER
 from components.lm import arpa, kneser_ney, text
 from components.lm.card import LmCard
@@ -38,6 +40,48 @@ from components.lm.settings import (
 from components.manifest import DEFAULT_MAX_REJECT_FRACTION, Rejects
 
 log = logging.getLogger("asrflow.train_lm")
+
+
+def lm_key(sources: Sequence[str], tokenizer: str, order: int, heldout_every: int) -> str:
+    """The pipeline's name for an LM: a digest of what it is made from.
+
+    The DAG's sources (tarred dataset directories) and tokenizer directory are themselves
+    keyed by their content, so equal names mean equal models.
+    """
+    what = json.dumps([list(sources), tokenizer, order, heldout_every])
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
+def lm_for_pipeline(
+    sources: Sequence[str],
+    tokenizer: str,
+    data_root: str,
+    order: int,
+    heldout_every: int = DEFAULT_HELDOUT_EVERY,
+) -> tuple[str, dict[str, Any]]:
+    """The pipeline's LM step: ``DATA_ROOT/lms/<key>/lm.nemo``, trained once per text and settings.
+
+    No LM ("" and why) for ``order`` 0 (the pipeline's default) or without a tokenizer (a
+    character model: NeMo's n-gram fusion works on sub-word tokens).
+
+    Returns:
+        The lm.nemo URI ("" for none), and the card (or why there is none) as a dict.
+    """
+    if order == 0:
+        return "", {"step": STEP, "lm": None, "reason": "lm_order 0: no language model"}
+    if not tokenizer:
+        return "", {
+            "step": STEP,
+            "lm": None,
+            "reason": "no tokenizer: a character model decodes without an LM",
+        }
+    out_dir = layout.lm_dir(data_root, lm_key(sources, tokenizer, order, heldout_every))
+    if storage.is_complete(out_dir):
+        log.info("%s is complete (same text, tokenizer and settings): nothing to do", out_dir)
+        card = LmCard.read(out_dir)
+    else:
+        card = train_lm(sources, tokenizer, out_dir, order=order, heldout_every=heldout_every)
+    return card.nemo, card.to_dict()
 
 
 def check_settings(sources: Sequence[str], order: int, heldout_every: int) -> None:

@@ -87,7 +87,9 @@ class TrainingMonitor(Callback):
     Every ``log_every`` steps global rank 0 logs one line with the step, train loss (mean
     over ranks), learning rate, throughput in audio-seconds per second (all ranks, without
     validation and checkpoint time), audio hours seen and an ETA. After each validation it
-    logs the WER over the whole validation set (summed over ranks).
+    logs the WER over the whole validation set (summed over ranks): the model's own head's
+    (NeMo's ``val_wer_num``/``val_wer_denom``: CTC, RNN-T or TDT), and a hybrid's CTC head's
+    too (``val_wer_num_ctc``/``val_wer_denom_ctc``).
 
     Args:
         store: where checkpoints go.
@@ -140,12 +142,13 @@ class TrainingMonitor(Callback):
         self.last_loss: float | None = None
         self.window_loss: float | None = None  # mean over the steps of the last log line
         self.val_wer: float | None = None
-        self.val_loss: float | None = None
+        self.val_wer_ctc: float | None = None  # a hybrid's CTC head
+        self.val_loss: float | None = None  # None when the model computes none (compute_eval_loss)
         self.val_step: int | None = None
         self._window = _Window()
         self._paused_at: float | None = None
         self._saving = False
-        self._val_sums: list[float] = [0.0, 0.0, 0.0, 0.0]
+        self._val_sums: list[float] = [0.0] * len(_VAL_SUMS)
         # what the main thread is doing, for the watchdog: setup, data (waiting for a batch),
         # step, validation, saving, stopping (unwinding after an error or Preempted), done
         self._phase = "setup"
@@ -182,6 +185,7 @@ class TrainingMonitor(Callback):
     # --- SIGTERM ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rank_local_metrics(pl_module)
         self.start_step = trainer.global_step
         self._step = trainer.global_step
         self.last_saved_step = trainer.global_step
@@ -444,7 +448,7 @@ class TrainingMonitor(Callback):
         self._touch()
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._val_sums = [0.0, 0.0, 0.0, 0.0]
+        self._val_sums = [0.0] * len(_VAL_SUMS)
 
     def on_validation_batch_end(
         self,
@@ -456,32 +460,34 @@ class TrainingMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._touch()
-        if not isinstance(outputs, dict) or "val_wer_num" not in outputs:
-            return
-        self._val_sums[0] += float(outputs["val_wer_num"])
-        self._val_sums[1] += float(outputs["val_wer_denom"])
-        self._val_sums[2] += float(outputs.get("val_loss", float("nan")))
-        self._val_sums[3] += 1.0
+        if isinstance(outputs, dict) and "val_wer_num" in outputs:
+            for index, value in enumerate(validation_figures(outputs)):
+                self._val_sums[index] += value
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        errors, words, loss_sum, batches = _all_reduce(trainer, self._val_sums)
-        if words <= 0:
+        sums = dict(zip(_VAL_SUMS, _all_reduce(trainer, self._val_sums), strict=True))
+        if sums["words"] <= 0:
             return
-        self.val_wer = errors / words
-        self.val_loss = loss_sum / batches if batches else None
+        self.val_wer = sums["errors"] / sums["words"]
+        self.val_wer_ctc = sums["ctc_errors"] / sums["ctc_words"] if sums["ctc_words"] > 0 else None
+        self.val_loss = sums["loss"] / sums["loss_batches"] if sums["loss_batches"] else None
         self.val_step = trainer.global_step
         if trainer.is_global_zero:
             log.info(
-                "validation at step %d: val_wer %.4f val_loss %.4f (%d words)",
+                "validation at step %d: val_wer %.4f%s val_loss %s (%d words)",
                 self.val_step,
                 self.val_wer,
-                self.val_loss or float("nan"),
-                int(words),
+                f" val_wer_ctc {self.val_wer_ctc:.4f}" if self.val_wer_ctc is not None else "",
+                f"{self.val_loss:.4f}" if self.val_loss is not None else "n/a",
+                int(sums["words"]),
             )
             if trainer.logger is not None:
-                trainer.logger.log_metrics({"val_wer_all_ranks": self.val_wer}, self.val_step)
+                metrics = {"val_wer_all_ranks": self.val_wer}
+                if self.val_wer_ctc is not None:
+                    metrics["val_wer_ctc_all_ranks"] = self.val_wer_ctc
+                trainer.logger.log_metrics(metrics, self.val_step)
 
     # --- timing ----------------------------------------------------------------------------
 
@@ -497,6 +503,48 @@ class TrainingMonitor(Callback):
     def attempt_throughput(self) -> float:
         """Audio-seconds per second over this attempt's training time (all ranks)."""
         return self.attempt_audio_seconds / self.attempt_train_seconds if self.attempt_train_seconds else 0.0
+
+
+_VAL_SUMS = ("errors", "words", "loss", "loss_batches", "ctc_errors", "ctc_words")
+"""What validation sums over batches and ranks (:func:`validation_figures`, in this order)."""
+
+
+def validation_figures(outputs: dict[str, Any]) -> list[float]:
+    """One validation batch's figures to sum, in :data:`_VAL_SUMS` order.
+
+    Every NeMo ASR model's validation step returns its own head's word errors and words
+    (``val_wer_num``, ``val_wer_denom``); a hybrid adds its CTC head's (``..._ctc``). The loss
+    is there only when the model computes it (``val_loss``; transducers: compute_eval_loss).
+    """
+    has_loss = outputs.get("val_loss") is not None
+    return [
+        float(outputs["val_wer_num"]),
+        float(outputs["val_wer_denom"]),
+        float(outputs["val_loss"]) if has_loss else 0.0,
+        1.0 if has_loss else 0.0,
+        float(outputs.get("val_wer_num_ctc", 0.0)),
+        float(outputs.get("val_wer_denom_ctc", 0.0)),
+    ]
+
+
+def rank_local_metrics(module: torch.nn.Module) -> None:
+    """Make the model's torchmetrics metrics (NeMo's WER, a hybrid's CTC WER) rank-local.
+
+    NeMo builds them with ``dist_sync_on_step=True``: each validation batch's ``compute()``
+    gathers over all ranks. Lhotse batches each rank's share of the validation set by
+    duration, so ranks can have different numbers of batches, and a rank with more then waits
+    for ranks that have finished: DDP hangs (RNN-T on 6 utterances, 2 ranks: rank 0 in
+    RNNTJoint's WER gather, rank 1 in this monitor's all-reduce). Rank-local figures are
+    what :class:`TrainingMonitor` wants anyway: it sums errors and words over ranks itself,
+    once per validation.
+    """
+    from torchmetrics import Metric
+
+    for metric in module.modules():
+        if isinstance(metric, Metric):
+            metric.dist_sync_on_step = False
+            metric.sync_on_compute = False
+            metric._to_sync = False  # what compute() reads; set from the two above at init
 
 
 def _stderr_line(text: str) -> None:
@@ -572,12 +620,22 @@ class DataSeed(Callback):
 class FreezeEncoder(Callback):
     """Keep a frozen encoder in eval mode (batch-norm statistics and dropout stay fixed).
 
-    Lightning puts the whole model in train mode when training starts; this puts the
-    encoder back. Its parameters are frozen by ``model.encoder.freeze()`` before training.
+    Lightning puts the whole model in train mode when training starts; this puts the frozen
+    part of the encoder back (all of it, or all but its last ``train_last_layers`` layers,
+    which train: :func:`components.train.finetune.keep_frozen_in_eval`). Its parameters are
+    frozen by :func:`components.train.finetune.freeze_encoder` before training.
     """
 
+    def __init__(self, train_last_layers: int = 0) -> None:
+        self.train_last_layers = train_last_layers
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.encoder.eval()
+        self._fix(pl_module)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        pl_module.encoder.eval()
+        self._fix(pl_module)
+
+    def _fix(self, pl_module: LightningModule) -> None:
+        from components.train.finetune import keep_frozen_in_eval
+
+        keep_frozen_in_eval(pl_module, self.train_last_layers)

@@ -21,13 +21,17 @@ class TrainCard(Card):
         model: the trained model, ``RUN_DIR/model.nemo``.
         config: the config's name or path.
         model_class: the NeMo model class.
+        family: the model family (:mod:`components.train.families`: ``ctc_char``, ``rnnt_bpe``,
+            ``hybrid_tdt_ctc_bpe``, ...); None on cards written before families.
+        heads: the decoders the model transcribes with, its own first (``ctc``, ``rnnt``).
         parameters: the model's parameters.
         steps: optimizer steps trained, in all attempts.
         max_steps: the config's ``trainer.max_steps``.
         resumed_from_step: the checkpoint step the last attempt started from (0: none).
         hours_seen: hours of audio trained on, in all attempts.
         final_train_loss: the training loss at the end (mean of the last steps).
-        val_wer: the last validation WER.
+        val_wer: the last validation WER of the model's own head (CTC, RNN-T or TDT).
+        val_wer_ctc: a hybrid's CTC head's last validation WER (None for other families).
         throughput_audio_s_per_s: seconds of audio trained on per second, last attempt.
         train_wall_seconds: the last attempt's training time.
         dataset: the tarred dataset.
@@ -45,6 +49,8 @@ class TrainCard(Card):
     model: str
     config: str
     model_class: str
+    family: str | None = None
+    heads: list[str] = dataclasses.field(default_factory=list)
     parameters: int
     steps: int
     max_steps: int
@@ -52,6 +58,7 @@ class TrainCard(Card):
     hours_seen: float
     final_train_loss: float | None
     val_wer: float | None
+    val_wer_ctc: float | None = None
     throughput_audio_s_per_s: float
     train_wall_seconds: float
     dataset: str

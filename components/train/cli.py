@@ -87,7 +87,7 @@ def _click_type(cls: type, field: dataclasses.Field) -> click.ParamType:
 
 
 def _train(**values: Any) -> None:
-    """Train a NeMo Conformer-CTC model on TARRED_DIR (from write-shards) to trainer.max_steps.
+    """Train a NeMo speech model (CTC, RNN-T, TDT, hybrid: by --config) on TARRED_DIR to trainer.max_steps.
 
     TARRED_DIR is local or gs://; shards on gs:// are streamed into NeMo's Lhotse reader
     through a pipe: command (python -m components.train.cat), never copied whole.

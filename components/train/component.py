@@ -36,6 +36,7 @@ def train(
     bucket_bins: list = [],  # noqa: B006 - KFP needs a literal default
     init_from: str = "",
     freeze_encoder: bool = False,
+    train_last_layers: int = 0,
     tokenizer_dir: str = "",
     devices: int = 0,
     num_nodes: int = 0,
@@ -43,7 +44,7 @@ def train(
     max_bad_shards: int = 0,
     stall_timeout: float = 30.0,
 ) -> NamedTuple("Outputs", [("model_uri", str)]):
-    """Train a NeMo Conformer-CTC model on tarred shards; resume after preemption.
+    """Train a NeMo speech model on tarred shards, or fine-tune one; resume after preemption.
 
     Args:
         tarred_dir: the tarred dataset (write-shards output; bucket bins in its metadata.yaml).
@@ -53,16 +54,21 @@ def train(
         card: the run's card: model URI, steps, hours seen, final train loss, val WER, throughput.
         metrics: val WER, final train loss, hours seen and throughput, for the KFP UI.
         curves: loss, validation WER, learning rate and throughput over the steps.
-        config: a config under components/train/conf (conformer_ctc_char, conformer_ctc_bpe, small, tiny).
+        config: a config under components/train/conf (e.g. conformer_ctc_char,
+            fastconformer_rnnt_bpe, small_rnnt_bpe, finetune_small).
         max_steps: optimizer steps to train (0: the config's).
         checkpoint_every: steps between checkpoints (0: the config's).
         overrides: more config overrides, ``key=value`` each.
         seed: model-initialisation seed (-1: the config's); data order derives from it.
         bucket_bins: Lhotse duration bins (estimate-buckets' output); empty: those in
             metadata.yaml, else the config's.
-        init_from: a .nemo model to start from (fine-tuning); empty for a fresh model.
-        freeze_encoder: train the decoder only.
-        tokenizer_dir: SentencePiece directory for a BPE config.
+        init_from: fine-tuning: a .nemo model (local or gs://) or a pretrained name on the
+            Hugging Face hub (nvidia/…) to start from; its config gives the architecture,
+            ``config`` the data, optim and trainer sections. Empty: a fresh model.
+        freeze_encoder: train the decoder only (see train_last_layers).
+        train_last_layers: with freeze_encoder, the last N encoder layers still train.
+        tokenizer_dir: SentencePiece directory for a BPE config (train_tokenizer's output);
+            with init_from it replaces the model's vocabulary; empty: the model's own.
         devices: processes on this node, one per GPU (0: all GPUs, or 1 on CPU).
         num_nodes: nodes (0: 1, or what torchrun says).
         precision: Lightning precision (empty: bf16-mixed on A100, 16-mixed on V100, 32 on CPU).
@@ -95,31 +101,41 @@ def train(
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train_tokenizer(
     source: str,
-    out_dir: str,
+    data_root: str,
     card: dsl.Output[dsl.Artifact],
+    config: str = "conformer_ctc_char",
     vocab_size: int = 256,
     model_type: str = "bpe",
     seed: int = 0,
 ) -> str:
-    """Train a SentencePiece tokenizer on a dataset's normalised text, for a BPE config.
+    """Train the SentencePiece tokenizer a sub-word (BPE) config needs, on the training text.
+
+    A character config needs none: the step returns "" at once. The tokenizer goes to
+    ``DATA_ROOT/tokenizers/<key>``, the key a digest of the normalised text and the settings,
+    so a rerun on the same text reuses it.
 
     Args:
-        source: a tarred directory (its tarred_audio_manifest.json) or a NeMo manifest.
-        out_dir: where tokenizer.model and vocab.txt go; pass it to train as tokenizer_dir.
-        card: the step's card: vocabulary size, sentences, characters.
-        vocab_size: SentencePiece vocabulary size.
+        source: the training data: a tarred directory (its tarred_audio_manifest.json) or a
+            NeMo manifest.
+        data_root: the data root; the tokenizer goes under ``tokenizers/`` in it.
+        card: the step's card: vocabulary size, sentences, characters (or why no tokenizer).
+        config: the training config (a name or a YAML): is it a sub-word model?
+        vocab_size: SentencePiece vocabulary size; 0: no tokenizer (a fine-tuned sub-word
+            model keeps its own).
         model_type: ``bpe`` or ``unigram``.
         seed: SentencePiece's random seed.
 
     Returns:
-        The tokenizer directory.
+        The tokenizer directory for train's tokenizer_dir ("" when none).
     """
     import json
 
-    from components.train.tokenizer import train_tokenizer as run
+    from components.train.tokenizer import tokenizer_for_config
 
-    result = run(source, out_dir, vocab_size=vocab_size, model_type=model_type, seed=seed)
+    out_dir, result = tokenizer_for_config(
+        source, data_root, config, vocab_size=vocab_size, model_type=model_type, seed=seed
+    )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)
-    card.metadata.update(uri=out_dir, vocab_size=result["vocab_size"])
+    card.metadata.update(uri=out_dir, vocab_size=result.get("vocab_size", 0))
     return out_dir

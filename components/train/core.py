@@ -1,4 +1,4 @@
-"""A training run: NeMo Conformer-CTC on tarred shards, DDP, resumable checkpoints.
+"""A training run: a NeMo speech model (CTC, RNN-T, TDT, hybrid) on tarred shards, DDP, resumable checkpoints.
 
 :func:`train` is the one entry point the CLI calls (KFP tasks and TrainJobs run the CLI). It
 resumes from the newest complete checkpoint in ``RUN_DIR/checkpoints``, trains to
@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from components import cards, layout, storage
-from components.train import staging
+from components.train import finetune, staging
 from components.train.card import TrainCard, echo
 from components.train.config import configure_data, is_bpe, load_config
 from components.train.curves import TENSORBOARD_DIR
 from components.train.errors import TrainError
 from components.train.hardware import Hardware, make_trainer, resolve_hardware
-from components.train.model import build_model, freeze_encoder, init_from_pretrained
+from components.train.model import build_model
 from components.train.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ log = logging.getLogger("asrflow.train")
 
 
 def train(settings: TrainSettings) -> dict[str, Any]:
-    """Train (or resume training) a Conformer-CTC model to ``trainer.max_steps``.
+    """Train (or resume training) a NeMo speech model to ``trainer.max_steps``.
 
     Args:
         settings: what to train on, where to write, and how (see :class:`TrainSettings`).
@@ -74,6 +74,15 @@ def train(settings: TrainSettings) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """The model ``--init-from`` names, made local, and the vocabulary the run gives it."""
+
+    nemo_path: str
+    tokenizer_dir: str | None  # local; None: the model keeps its own tokenizer
+    labels: list[str] | None  # a character run config's labels
+
+
+@dataclasses.dataclass(frozen=True)
 class Start:
     """Where an attempt starts: the checkpoint it resumes (None: step 0) and its seeds."""
 
@@ -97,6 +106,7 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
         return echo(cards.read_card(run_dir))
     work = staging.local_work_dir(run_dir)
     cfg = _run_config(settings, work)
+    pretrained = _pretrained(settings, cfg, work)
     max_steps = int(cfg.trainer.max_steps)
     checkpoint_every = settings.checkpoint_every or int(cfg.get("asrflow", {}).get("checkpoint_every", 1000))
     hardware = resolve_hardware(settings.devices, settings.num_nodes, settings.precision)
@@ -112,7 +122,7 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
     monitor, health = _monitor(settings, cfg, work, start, dataset, checkpoint_every, max_steps)
     callbacks: list[Any] = [DataSeed(start.data_seed), monitor]
     if settings.freeze_encoder:
-        callbacks.append(FreezeEncoder())
+        callbacks.append(FreezeEncoder(settings.train_last_layers))
     trainer = make_trainer(cfg, hardware, callbacks, _tensorboard(run_dir, work), work)
     log.info(
         "trainer: %s, %d device(s) x %d node(s), precision %s, max_steps %d, checkpoint every %d",
@@ -123,7 +133,7 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
         max_steps,
         checkpoint_every,
     )
-    model = _model(settings, cfg, trainer, work, resumed=start.resume is not None)
+    model = _model(settings, cfg, trainer, pretrained, resumed=start.resume is not None)
 
     started = time.monotonic()
     health.install()
@@ -174,18 +184,39 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
 
 
 def _run_config(settings: TrainSettings, work: Path) -> DictConfig:
-    """The run's config: loaded, overridden, its tokenizer local; the work directory made."""
+    """The run's config: loaded, overridden, its tokenizer local; the work directory made.
+
+    A fine-tuning run without ``--tokenizer`` keeps its model's own tokenizer, so the
+    config's ``model.tokenizer.dir`` is not needed then.
+    """
     cfg = load_config(settings.config, settings.config_overrides())
-    if settings.tokenizer_dir:
-        if not is_bpe(cfg):
-            raise TrainError(f"--tokenizer given but config {settings.config!r} is a character model")
-        cfg.model.tokenizer.dir = settings.tokenizer_dir
+    if settings.tokenizer_dir and not is_bpe(cfg) and not settings.init_from:
+        raise TrainError(f"--tokenizer given but config {settings.config!r} is a character model")
     work.mkdir(parents=True, exist_ok=True)
-    if is_bpe(cfg):
+    if settings.tokenizer_dir:
+        local = staging.fetch_dir(settings.tokenizer_dir, work / "tokenizer")
+        if is_bpe(cfg):
+            cfg.model.tokenizer.dir = local
+    elif is_bpe(cfg) and not settings.init_from:
         cfg.model.tokenizer.dir = staging.fetch_dir(str(cfg.model.tokenizer.dir), work / "tokenizer")
     if int(cfg.trainer.max_steps) < 1:
         raise TrainError("trainer.max_steps must be set (a positive number of steps)")
     return cfg
+
+
+def _pretrained(settings: TrainSettings, cfg: DictConfig, work: Path) -> Pretrained | None:
+    """For ``--init-from``: the local .nemo, and ``cfg.model`` made its fine-tuning config.
+
+    Also on resume: the checkpoint holds the weights of this architecture and vocabulary.
+    """
+    if not settings.init_from:
+        return None
+    nemo_path = finetune.resolve_pretrained(settings.init_from, work)
+    labels = finetune.fine_tuning_config(cfg, finetune.pretrained_config(nemo_path, settings.init_from))
+    tokenizer_dir = (
+        staging.fetch_dir(settings.tokenizer_dir, work / "tokenizer") if settings.tokenizer_dir else None
+    )
+    return Pretrained(nemo_path, tokenizer_dir, labels)
 
 
 def _start(run_dir: str, work: Path, cfg: DictConfig, max_steps: int) -> Start:
@@ -284,15 +315,32 @@ def _tensorboard(run_dir: str, work: Path) -> Any:
     )
 
 
-def _model(settings: TrainSettings, cfg: DictConfig, trainer: Any, work: Path, resumed: bool) -> Any:
-    """The model to fit: fresh, or with the weights of ``--init-from``; encoder frozen if asked."""
-    model = build_model(cfg, trainer)
-    if settings.init_from and not resumed:
-        init_from_pretrained(model, staging.fetch(settings.init_from, work / "init"))
-    elif settings.init_from:
-        log.info("--init-from %s not used: the weights come from the checkpoint", settings.init_from)
+def _model(
+    settings: TrainSettings, cfg: DictConfig, trainer: Any, pretrained: Pretrained | None, resumed: bool
+) -> Any:
+    """The model to fit: fresh, or the ``--init-from`` model (:mod:`.finetune`); encoder frozen if asked."""
+    if pretrained is None:
+        model = build_model(cfg, trainer)
+    else:
+        model = finetune.load_pretrained(
+            cfg, pretrained.nemo_path, trainer, pretrained.tokenizer_dir, pretrained.labels
+        )
+        if resumed:
+            log.info(
+                "--init-from %s gives the architecture; the weights come from the checkpoint",
+                settings.init_from,
+            )
     if settings.freeze_encoder:
-        freeze_encoder(model)
+        finetune.freeze_encoder(model, settings.train_last_layers)
+    if pretrained is not None:
+        fine_tuning = finetune.summary(
+            settings.init_from,
+            settings.tokenizer_dir,
+            settings.freeze_encoder,
+            settings.train_last_layers,
+            model,
+        )
+        log.info("fine-tuning %s", ", ".join(f"{key}: {value}" for key, value in fine_tuning.items()))
     return model
 
 
@@ -339,11 +387,16 @@ def _card(
     wall_seconds: float,
 ) -> TrainCard:
     """The card of a finished run whose model is written."""
+    from components.train.families import family_of_model, heads_of_model
+
+    family = family_of_model(model)  # the model's: --init-from may bring another family's
     return TrainCard(
         out_dir=settings.run_dir,
         model=model_uri,
         config=settings.config,
         model_class=type(model).__name__,
+        family=family.name if family else None,
+        heads=list(heads_of_model(model)),
         parameters=sum(p.numel() for p in model.parameters()),
         steps=steps,
         max_steps=int(cfg.trainer.max_steps),
@@ -351,6 +404,7 @@ def _card(
         hours_seen=round(monitor.hours_seen, 4),
         final_train_loss=monitor.window_loss if monitor.window_loss is not None else monitor.last_loss,
         val_wer=monitor.val_wer,
+        val_wer_ctc=monitor.val_wer_ctc,
         throughput_audio_s_per_s=round(monitor.attempt_throughput, 2),
         train_wall_seconds=wall_seconds,
         dataset=dataset.uri,

@@ -14,17 +14,19 @@ TENSORBOARD_DIR = layout.TENSORBOARD_DIR
 """Where a run's TensorBoard events go: ``RUN_DIR/tensorboard``."""
 
 PANELS = (
-    ("train_loss", "train loss"),
-    ("val_wer", "validation WER"),
-    ("learning_rate", "learning rate"),
-    ("throughput_audio_s_per_s", "throughput (audio s / s)"),
+    (("train_loss",), "train loss"),
+    (("val_wer", "val_wer_ctc"), "validation WER"),  # a hybrid's CTC head's beside its own
+    (("learning_rate",), "learning rate"),
+    (("throughput_audio_s_per_s",), "throughput (audio s / s)"),
 )
+"""The four panels: the TensorBoard tags each plots, and its title."""
 
 
 def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
     """``tag -> [(step, value)]`` for the tags in :data:`PANELS` (local or gs:// directory)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    wanted = {tag for tags, _ in PANELS for tag in tags}
     with tempfile.TemporaryDirectory() as tmp:
         local = event_dir
         if storage.is_gcs(event_dir):
@@ -34,7 +36,7 @@ def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
         events = EventAccumulator(local, size_guidance={"scalars": 0})
         events.Reload()
         tags = set(events.Tags()["scalars"])
-        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag, _ in PANELS if tag in tags}
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in sorted(wanted & tags)}
 
 
 def curves_png(scalars: dict[str, list[tuple[int, float]]], title: str) -> bytes:
@@ -44,13 +46,16 @@ def curves_png(scalars: dict[str, list[tuple[int, float]]], title: str) -> bytes
     from matplotlib import pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    for ax, (tag, label) in zip(axes.flat, PANELS, strict=True):
-        points = scalars.get(tag, [])
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3)
-        else:
+    for ax, (tags, label) in zip(axes.flat, PANELS, strict=True):
+        plotted = [tag for tag in tags if scalars.get(tag)]
+        for tag in plotted:
+            steps, values = zip(*scalars[tag], strict=True)
+            few = len(steps) < 30
+            ax.plot(steps, values, marker="o" if few else None, markersize=3, label=tag)
+        if not plotted:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        elif len(plotted) > 1:
+            ax.legend()
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -161,15 +161,28 @@ class ModelSettings:
         flag="--tokenizer",
         unset="",
         metavar="DIR",
-        help="SentencePiece directory from train-tokenizer, for a BPE config (model.tokenizer.dir).",
+        help="SentencePiece directory from train-tokenizer, for a BPE config (model.tokenizer.dir). "
+        "With --init-from a BPE model: its vocabulary becomes this one (change_vocabulary: the "
+        "encoder's weights kept, a new decoder); without: the model keeps its own tokenizer.",
     )
     init_from: str | None = option(
         None,
         unset="",
-        metavar="MODEL.nemo",
-        help="Start from this model's weights (local or gs://): fine-tuning. Ignored on resume.",
+        metavar="MODEL.nemo|ORG/NAME",
+        help="Fine-tune: start from this model (a .nemo, local or gs://, or a pretrained name on the "
+        "Hugging Face hub, e.g. nvidia/stt_en_fastconformer_ctc_large). Its own config gives the "
+        "architecture; the run's config gives the data, optim and trainer sections. On resume the "
+        "checkpoint gives the weights.",
     )
-    freeze_encoder: bool = option(False, help="Train the decoder only; the encoder stays as loaded.")
+    freeze_encoder: bool = option(
+        False, help="Train the decoder only; the encoder stays as loaded (see --train-last-layers)."
+    )
+    train_last_layers: int = option(
+        0,
+        min=0,
+        metavar="N",
+        help="With --freeze-encoder: the last N encoder layers still train (0: none).",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -216,6 +229,8 @@ class TrainSettings(HardwareSettings, ModelSettings, RunSettings, DataSettings):
         bad = [item for item in self.overrides if "=" not in item]
         if bad:
             raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
+        if self.train_last_layers and not self.freeze_encoder:
+            raise TrainError("--train-last-layers needs --freeze-encoder (the other layers train anyway)")
 
     @property
     def stall_timeout_s(self) -> float | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -57,13 +59,20 @@ def train_tokenizer(
     Returns:
         The card (:class:`~components.train.card.TokenizerCard`) as a dict.
     """
-    import sentencepiece
-    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
-
     if storage.is_complete(out):
         log.info("%s is complete: nothing to do", out)
         return echo(cards.read_card(out))
     manifest_uri, texts = training_texts(source)
+    return _train(manifest_uri, texts, out, vocab_size, model_type, seed)
+
+
+def _train(
+    manifest_uri: str, texts: list[str], out: str, vocab_size: int, model_type: str, seed: int
+) -> dict[str, Any]:
+    """Train on ``texts`` (read from ``manifest_uri``) into ``out``; the card as a dict."""
+    import sentencepiece
+    from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
+
     target = out if storage.is_gcs(out) else str(Path(out).resolve())  # the body below changes directory
     with tempfile.TemporaryDirectory(prefix="asrflow-tokenizer-") as tmp, contextlib.chdir(tmp):
         # Relative paths: SentencePiece stores its input and output paths in the model file.
@@ -96,3 +105,39 @@ def train_tokenizer(
     card.write()
     storage.mark_complete(out)
     return card.to_dict()
+
+
+def tokenizer_key(texts: list[str], vocab_size: int, model_type: str, seed: int) -> str:
+    """A digest of the normalised texts and the settings: the same text and settings, the same key."""
+    digest = hashlib.sha256(json.dumps([vocab_size, model_type, seed]).encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_for_config(
+    source: str, data_root: str, config: str, vocab_size: int = 256, model_type: str = "bpe", seed: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """The tokenizer a run of ``config`` needs, trained once per text under ``DATA_ROOT/tokenizers``.
+
+    The pipeline's step: a sub-word config gets a tokenizer of the training text in
+    ``DATA_ROOT/tokenizers/<key>`` (:func:`tokenizer_key`: a rerun on the same text finds it
+    complete and trains nothing); a character config, or ``vocab_size`` 0 (a fine-tuned
+    sub-word model keeps its own tokenizer), gets none.
+
+    Returns:
+        The tokenizer directory ("" for none), and the card (or why there is none) as a dict.
+    """
+    from components.train.config import is_bpe, load_config
+
+    if not is_bpe(load_config(config)):
+        return "", {"step": "train-tokenizer", "tokenizer": None, "reason": f"{config} is a character model"}
+    if vocab_size == 0:
+        reason = "vocab size 0: a fine-tuned model keeps its own tokenizer"
+        return "", {"step": "train-tokenizer", "tokenizer": None, "reason": reason}
+    manifest_uri, texts = training_texts(source)
+    out = layout.tokenizer_dir(data_root, tokenizer_key(texts, vocab_size, model_type, seed))
+    if storage.is_complete(out):
+        log.info("%s is complete (same text and settings): nothing to do", out)
+        return out, echo(cards.read_card(out))
+    return out, _train(manifest_uri, texts, out, vocab_size, model_type, seed)

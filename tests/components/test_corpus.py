@@ -182,3 +182,27 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, bad: list[str]) -> None:
         text=True,
     )
     assert result.returncode == 2 and "error:" in result.stderr
+
+
+def _voices_of(voices: str, split: str = "train", count: int = 300) -> set[tuple[str, str]]:
+    plan = generate.plan_split(0, split, count, frozenset(), voices)
+    return {(u.speaker.engine, u.speaker.voice) for u in plan}
+
+
+def test_voice_sets_keep_apart_what_the_pretrained_model_heard() -> None:
+    """The pretrained model learns espeak-unheard; the bundled (mixed) corpus and the fine-tuning
+    benchmark (flite) must use none of its voices."""
+    mixed = _voices_of("mixed")
+    unheard = _voices_of("espeak-unheard")
+    flite = _voices_of("flite")
+    assert {engine for engine, _ in mixed} == {"espeak", "flite"}
+    assert {engine for engine, _ in unheard} == {"espeak"}
+    assert {engine for engine, _ in flite} == {"flite"}
+    assert all(voice.endswith(generate.UNHEARD_ESPEAK_VARIANTS) for _, voice in unheard)
+    assert not unheard & mixed and not unheard & flite
+    assert len({voice[voice.index("+") :] for _, voice in unheard}) >= 4  # several variants drawn
+
+
+def test_unknown_voice_set_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown voice set 'klingon'"):
+        generate.generate_corpus(tmp_path, train=1, dev=1, test=1, seed=0, voices="klingon")

@@ -440,6 +440,12 @@ def test_cli_help_explains() -> None:
         "--batch-size",
         "--device",
         "hypotheses.jsonl",
+        "--lm",
+        "--lm-alpha",
+        "--beam",
+        "--tune-lm-alpha",
+        "--boost",
+        "hybrid",
     ):
         assert words in result.stdout
 
@@ -522,3 +528,138 @@ def test_evaluate_on_gpu_matches_cpu(
         assert gpu["device"] == "cuda" and cpu["device"] == "cpu"
         check_against_jiwer(gpu["sets"]["validation"])
         assert gpu["sets"]["validation"]["wer"] == pytest.approx(cpu["sets"]["validation"]["wer"], abs=0.02)
+
+
+# --- model families: an RNN-T model, a hybrid RNN-T + CTC model --------------------------
+
+
+def nemo_transcripts(model_path: Path, audio: list[str], head: str) -> list[str]:
+    """What NeMo itself transcribes with ``head`` of the model, greedy, one file at a time."""
+    from nemo.collections.asr.models import ASRModel
+    from omegaconf import OmegaConf, open_dict
+
+    model = ASRModel.restore_from(str(model_path), map_location="cpu")
+    model.eval()
+    if hasattr(model, "ctc_decoding") and hasattr(model, "cur_decoder"):  # a hybrid: pick the head
+        base = model.cfg.aux_ctc.decoding if head == "ctc" else model.cfg.decoding
+        cfg = OmegaConf.create(OmegaConf.to_container(base))
+        with open_dict(cfg):
+            cfg.strategy = "greedy_batch"
+        model.change_decoding_strategy(cfg, decoder_type=head, verbose=False)
+    outputs = model.transcribe(audio, batch_size=1, verbose=False)
+    if isinstance(outputs, tuple):
+        outputs = outputs[0]
+    return [getattr(item, "text", item) for item in outputs]
+
+
+def set_audio(manifest: Path) -> list[str]:
+    return [
+        str(manifest.parent / json.loads(line)["audio_filepath"])
+        for line in manifest.read_text().splitlines()
+    ]
+
+
+def test_cli_scores_an_rnnt_model_on_its_rnnt_head(
+    bpe_nemo_model: Callable[[str], Path], speech_set: Path, tmp_path: Path
+) -> None:
+    model = bpe_nemo_model("rnnt")
+    out = tmp_path / "out"
+    result = _asrflow("evaluate", str(model), f"speech={speech_set}", "--out", str(out), "--batch-size", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads(result.stdout.strip().splitlines()[-1])
+    assert card["heads"] == ["rnnt"]
+    assert card["served"] == {"head": "rnnt", "strategy": "greedy_batch", "decoding": "rnnt_greedy"}
+    assert list(card["decodings"]) == ["rnnt_greedy"]
+    rows = check_against_jiwer(card["sets"]["speech"])
+    # transcribe gives Hypothesis objects for a transducer: the hypotheses are their texts
+    assert [row["pred_text"] for row in rows] == nemo_transcripts(model, set_audio(speech_set), "rnnt")
+    assert any(row["pred_text"] for row in rows)
+    assert card["sets"]["speech"]["decodings"]["rnnt_greedy"]["wer"] == card["sets"]["speech"]["wer"]
+
+
+def test_hybrid_is_scored_with_both_heads_and_compared_on_the_served_one(
+    bpe_nemo_model: Callable[[str], Path],
+    constant_nemo_model: Callable[[str | None], Path],
+    speech_set: Path,
+    tmp_path: Path,
+) -> None:
+    model = bpe_nemo_model("hybrid")
+    champion = tmp_path / "champion.json"
+    out = tmp_path / "hybrid"
+    card = core.evaluate(
+        str(model),
+        [str(speech_set)],
+        str(out),
+        champion_uri=str(champion),
+        device="cpu",
+        batch_size=1,
+        echo=False,
+        max_wer=1000.0,  # an untrained transducer says far more words than there are
+    )
+    assert card["heads"] == ["rnnt", "ctc"]
+    assert card["served"] == {"head": "rnnt", "strategy": "greedy_batch", "decoding": "rnnt_greedy"}
+    assert list(card["decodings"]) == ["rnnt_greedy", "ctc_greedy"]
+    figures = card["sets"]["speech-set"]
+    by_head = {}
+    for key, head in (("rnnt_greedy", "rnnt"), ("ctc_greedy", "ctc")):
+        rows = check_against_jiwer({**figures["decodings"][key], "num_utterances": len(SENTENCES)})
+        by_head[head] = [row["pred_text"] for row in rows]
+        assert by_head[head] == nemo_transcripts(model, set_audio(speech_set), head), head
+    assert by_head["rnnt"] != by_head["ctc"]  # two heads really decoded
+    assert figures["decodings"]["ctc_greedy"]["hypotheses"] == str(
+        out / "speech-set" / "ctc_greedy" / "hypotheses.jsonl"
+    )
+    rnnt_wer, ctc_wer = (figures["decodings"][key]["wer"] for key in ("rnnt_greedy", "ctc_greedy"))
+    assert rnnt_wer != ctc_wer
+    assert figures["wer"] == card["mean_wer"] == card["mean_wer_by_decoding"]["rnnt_greedy"] == rnnt_wer
+    assert card["mean_wer_by_decoding"]["ctc_greedy"] == ctc_wer
+
+    record = json.loads(champion.read_text())  # the first champion: recorded on the served head
+    assert record["sets"]["speech-set"]["wer"] == rnnt_wer and record["decoding"]["head"] == "rnnt"
+    report = (out / "report.md").read_text()
+    assert "Main figures: the served decoding, `rnnt_greedy`: the rnnt head" in report
+    assert re.search(r"^\| speech-set +\| rnnt_greedy \(served\) +\| rnnt ", report, re.M), report
+    assert re.search(r"^\| speech-set +\| ctc_greedy +\| ctc ", report, re.M), report
+
+    # another set name: the hybrid champion is re-evaluated, and compared on its served head
+    challenger = core.evaluate(
+        str(constant_nemo_model("a")),
+        [f"renamed={speech_set}"],
+        str(tmp_path / "challenger"),
+        champion_uri=str(champion),
+        device="cpu",
+        batch_size=1,
+        echo=False,
+    )
+    decision = challenger["champion"]
+    assert decision["champion_source"] == "re-evaluated"
+    assert decision["previous_sets"]["renamed"]["wer"] == pytest.approx(rnnt_wer)
+    assert decision["promoted"] is True
+
+
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+def test_component_logs_every_head_of_a_hybrid(
+    bpe_nemo_model: Callable[[str], Path], letter_set: Path, tmp_path: Path
+) -> None:
+    from kfp import local
+
+    from components.evaluate.component import evaluate
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    task = evaluate(
+        model_uri=str(bpe_nemo_model("hybrid")),
+        eval_sets=[{"name": "letters", "manifest": str(letter_set)}],
+        data_root=str(tmp_path / "root"),
+        run_id="run-1",
+        batch_size=2,
+    )
+    card = json.loads(Path(task.outputs["card"].path).read_text())
+    metrics = task.outputs["metrics"].metadata
+    figures = card["sets"]["letters"]["decodings"]
+    assert task.outputs["card"].metadata["served"] == "rnnt_greedy"
+    assert metrics["letters_wer"] == metrics["letters_rnnt_greedy_wer"] == figures["rnnt_greedy"]["wer"]
+    assert metrics["letters_ctc_greedy_wer"] == figures["ctc_greedy"]["wer"]
+    assert metrics["letters_ctc_greedy_cer"] == figures["ctc_greedy"]["cer"]
+    assert metrics["mean_ctc_greedy_wer"] == card["mean_wer_by_decoding"]["ctc_greedy"]
+    report = Path(task.outputs["report"].path).read_text()
+    assert "ctc_greedy" in report and "rnnt_greedy (served)" in report

@@ -468,3 +468,22 @@ def test_cli_errors_name_the_file(data: Path, tmp_path: Path, asrflow: Runner) -
     assert "no sentence is long enough for a" in line and "use an order below" in line
     assert not (tmp_path / "o" / "_SUCCESS").exists()
     assert asrflow(source, *tokenizer, "--order", "1").exit_code == 2  # a usage error
+
+
+def test_the_pipelines_lm_step_is_keyed_by_what_it_is_made_from(data: Path, tmp_path: Path) -> None:
+    """The DAG's step writes DATA_ROOT/lms/<digest> once: a rerun finds it complete (same
+    bytes, nothing retrained); another order is another directory; order 0 or no tokenizer
+    (a character model) makes no LM."""
+    root = str(tmp_path / "root")
+    sources = [str(data / "train.json")]
+    tokenizer = str(data / "tokenizer")
+    nemo, card = core.lm_for_pipeline(sources, tokenizer, root, order=3)
+    assert nemo == f"{root}/lms/{core.lm_key(sources, tokenizer, 3, settings.DEFAULT_HELDOUT_EVERY)}/lm.nemo"
+    stamp = Path(nemo).stat().st_mtime_ns
+    again, card_again = core.lm_for_pipeline(sources, tokenizer, root, order=3)
+    assert (again, card_again) == (nemo, card) and Path(nemo).stat().st_mtime_ns == stamp
+    other, _ = core.lm_for_pipeline(sources, tokenizer, root, order=2)
+    assert Path(other).parent != Path(nemo).parent and Path(other).exists()
+    assert core.lm_for_pipeline(sources, tokenizer, root, order=0)[0] == ""
+    none, why = core.lm_for_pipeline(sources, "", root, order=3)
+    assert none == "" and "character model" in why["reason"]

@@ -100,7 +100,9 @@ def trained_run(bundled_shards: Path, bundled_eval_manifest: Path, tmp_path_fact
 
 
 def test_shipped_configs_open_with_their_command_and_load():
-    assert config.config_names() == ["conformer_ctc_bpe", "conformer_ctc_char", "small", "tiny"]
+    assert {"conformer_ctc_bpe", "conformer_ctc_char", "small", "tiny", *FINE_TUNING_CONFIGS} <= set(
+        config.config_names()
+    )
     for name in config.config_names():
         text = (config.CONF_DIR / f"{name}.yaml").read_text()
         assert text.startswith("# asrflow "), name
@@ -109,6 +111,24 @@ def test_shipped_configs_open_with_their_command_and_load():
         assert cfg.model.train_ds.use_lhotse and cfg.trainer.use_distributed_sampler is False
         assert cfg.trainer.max_steps > 0 and cfg.trainer.limit_train_batches > 0
         assert config.BASE_KEY not in cfg and config.REPLACE_KEY not in str(cfg)
+
+
+FINE_TUNING_CONFIGS = ("finetune_rnnt_bpe", "finetune_ctc_bpe", "finetune_hybrid_tdt_ctc_bpe")
+
+
+def test_fine_tuning_recipes_name_a_pretrained_model_and_a_gentle_schedule():
+    """Each recipe opens with the command that fine-tunes a pretrained model of its kind, and
+    sets a peak rate below its base's with a short warm-up and few steps (100-1,000 utterances)."""
+    for name in FINE_TUNING_CONFIGS:
+        command = (config.CONF_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        assert re.search(rf"--config {name} --init-from nvidia/\S+ ", command), name
+        cfg, base = config.load_config(name), config.load_config(name.replace("finetune_", "fastconformer_"))
+        assert (
+            cfg.model.optim.sched.name == "CosineAnnealing"
+            and cfg.model.optim.lr <= 1e-4 < base.model.optim.lr
+        )
+        assert cfg.model.optim.sched.warmup_steps <= cfg.trainer.max_steps // 10
+        assert cfg.trainer.max_steps <= 1000 and cfg.asrflow.checkpoint_every <= cfg.trainer.max_steps // 5
 
 
 # sha256 (first 16 hex digits) of each shipped config as it loaded before the configs became a
@@ -445,8 +465,8 @@ def test_fine_tuning_from_a_nemo_with_a_frozen_encoder(
         )
     )
     assert result.returncode == 0, explain(result)
-    assert re.search(r"initialised (\d+) of \1 tensors from", result.stderr)
-    assert "encoder frozen" in result.stderr
+    assert re.search(r"initialised EncDecCTCModel \(\d+ parameters\) from \S*model.nemo", result.stderr)
+    assert "encoder frozen: training" in result.stderr
     before = ASRModel.restore_from(str(source), map_location="cpu").state_dict()
     after = ASRModel.restore_from(str(run_dir / "model.nemo"), map_location="cpu").state_dict()
     encoder = [k for k in before if k.startswith("encoder.")]
@@ -563,6 +583,7 @@ FULL_SETTINGS = TrainSettings(
     tokenizer_dir="gs://b/tokenizer",
     init_from="m.nemo",
     freeze_encoder=True,
+    train_last_layers=1,
     devices=2,
     num_nodes=3,
     precision="32",
@@ -611,6 +632,8 @@ def test_settings_that_stand_for_overrides_come_before_the_explicit_ones():
         ({"stall_timeout": "soon"}, "--stall-timeout takes float values, got 'soon'"),
         ({"bucket_bins": [1.0, "x"]}, "--bucket-bins takes float values, got 'x'"),
         ({"run_dir": None}, "--run-dir is required"),
+        ({"freeze_encoder": False}, "--train-last-layers needs --freeze-encoder"),
+        ({"train_last_layers": -1}, "--train-last-layers must be 0 or more, got -1"),
     ],
 )
 def test_settings_are_checked_when_made(change: dict, message: str):
@@ -707,3 +730,36 @@ def test_train_component_in_kfp_local(bundled_shards: Path, bundled_eval_manifes
     card = json.loads(Path(task.outputs["card"].path).read_text())
     assert card["steps"] == 3 and storage.is_complete(str(run_dir))
     assert task.outputs["metrics"].metadata["hours_seen"] > 0
+
+
+def test_the_pipelines_tokenizer_step_is_keyed_by_the_training_text(bundled_shards: Path, tmp_path: Path):
+    """train_tokenizer (the KFP component, in kfp.local) trains a tokenizer for a sub-word config
+    only, under DATA_ROOT/tokenizers/<digest of the text and settings>: the same text from
+    another path finds it complete; another vocabulary size is another directory."""
+    from kfp import local
+
+    from components.layout import TOKENIZERS_DIR
+    from components.train.component import train_tokenizer as component
+    from components.train.tokenizer import tokenizer_for_config
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    root = tmp_path / "root"
+    char = component(source=str(bundled_shards), data_root=str(root), config="tiny")
+    assert char.outputs["Output"] == ""
+    assert "character model" in json.loads(Path(char.outputs["card"].path).read_text())["reason"]
+    bpe = component(
+        source=str(bundled_shards), data_root=str(root), config="conformer_ctc_bpe", vocab_size=64
+    )
+    out = Path(bpe.outputs["Output"])
+    assert out.parent == root / TOKENIZERS_DIR and storage.is_complete(str(out))
+    assert json.loads(Path(bpe.outputs["card"].path).read_text())["vocab_size"] <= 64
+    written = (out / "tokenizer.model").stat().st_mtime_ns
+
+    same_text = tmp_path / "copy.json"
+    shutil.copy(bundled_shards / "tarred_audio_manifest.json", same_text)
+    again, card = tokenizer_for_config(str(same_text), str(root), "conformer_ctc_bpe", vocab_size=64)
+    assert again == str(out) and (out / "tokenizer.model").stat().st_mtime_ns == written
+    assert card["vocab_size"] <= 64
+    other, _ = tokenizer_for_config(str(bundled_shards), str(root), "conformer_ctc_bpe", vocab_size=48)
+    assert Path(other).parent == out.parent and other != str(out)
+    assert tokenizer_for_config(str(bundled_shards), str(root), "conformer_ctc_bpe", vocab_size=0)[0] == ""

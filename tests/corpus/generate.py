@@ -71,6 +71,15 @@ ESPEAK_VOICES = (
 )
 ESPEAK_VARIANTS = ("", "+f2", "+f3", "+f4", "+m3", "+m5", "+m7")
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")
+# espeak-ng variants the mixed corpus never uses: the voices the shipped pretrained model learnt
+UNHEARD_ESPEAK_VARIANTS = ("+f1", "+f5", "+m1", "+m2", "+m4", "+m6", "+m8")
+VOICE_SETS = {
+    "mixed": "espeak-ng (60%, variants " + " ".join(v or "default" for v in ESPEAK_VARIANTS) + ") and flite",
+    "espeak-unheard": "espeak-ng only, with variants the mixed set never uses ("
+    + " ".join(UNHEARD_ESPEAK_VARIANTS)
+    + ")",
+    "flite": "flite only (" + " ".join(FLITE_VOICES) + ")",
+}
 # hub split name -> (directory, file stem)
 SPLITS = {"train": ("clean", "train"), "validation": ("validation", "validation"), "test": ("test", "test")}
 SCHEMA = pa.schema(
@@ -128,11 +137,23 @@ def _rng(seed: int, *keys: object) -> random.Random:
     return random.Random(":".join(str(k) for k in (seed, *keys)))
 
 
-def make_speaker(rng: random.Random) -> Speaker:
-    """Draw a voice and its rate, pitch and level."""
+def make_speaker(rng: random.Random, voices: str = "mixed") -> Speaker:
+    """Draw a voice of the set ``voices`` (a key of VOICE_SETS) and its rate, pitch and level."""
+    if voices == "flite":
+        return _flite_speaker(rng)
+    if voices == "espeak-unheard":
+        return _espeak_speaker(rng, UNHEARD_ESPEAK_VARIANTS)
     if rng.random() < 0.6:
-        voice = rng.choice(ESPEAK_VOICES) + rng.choice(ESPEAK_VARIANTS)
-        return Speaker("espeak", voice, round(rng.uniform(140, 195)), rng.randrange(25, 76), _gain(rng))
+        return _espeak_speaker(rng, ESPEAK_VARIANTS)
+    return _flite_speaker(rng)
+
+
+def _espeak_speaker(rng: random.Random, variants: tuple[str, ...]) -> Speaker:
+    voice = rng.choice(ESPEAK_VOICES) + rng.choice(variants)
+    return Speaker("espeak", voice, round(rng.uniform(140, 195)), rng.randrange(25, 76), _gain(rng))
+
+
+def _flite_speaker(rng: random.Random) -> Speaker:
     voice = rng.choice(FLITE_VOICES)
     pitch = rng.randrange(150, 211) if voice == "slt" else rng.randrange(90, 141)
     return Speaker("flite", voice, round(rng.uniform(0.85, 1.2), 2), pitch, _gain(rng))
@@ -172,17 +193,19 @@ def make_sentences(rng: random.Random, speaker: Speaker, forbidden: frozenset[st
     return tuple(sentences)
 
 
-def plan_split(seed: int, split: str, count: int, forbidden: frozenset[str]) -> Iterator[Utterance]:
+def plan_split(
+    seed: int, split: str, count: int, forbidden: frozenset[str], voices: str = "mixed"
+) -> Iterator[Utterance]:
     """Yield the utterances of one split in order (texts and speakers only, no audio).
 
     Utterance ``i`` depends only on the seed, the split, ``i`` and ``forbidden``.
     """
     directory = SPLITS[split][0]
-    speaker = make_speaker(_rng(seed, split, "source", 0))
+    speaker = make_speaker(_rng(seed, split, "source", 0), voices)
     for index in range(count):
         source = index // UTTERANCES_PER_SOURCE
         if index % UTTERANCES_PER_SOURCE == 0:
-            speaker = make_speaker(_rng(seed, split, "source", source))
+            speaker = make_speaker(_rng(seed, split, "source", source), voices)
         name = f"synth_DOT_{directory}_DOT_{source:05d}"
         utt_id = f"{name}/{name}_DOT_wav_{index % UTTERANCES_PER_SOURCE:05d}.flac"
         yield Utterance(utt_id, make_sentences(_rng(seed, split, "text", index), speaker, forbidden), speaker)
@@ -357,6 +380,7 @@ def generate_corpus(
     hours: float | None = None,
     workers: int | None = None,
     splits: tuple[str, ...] = ("train", "validation", "test"),
+    voices: str = "mixed",
 ) -> dict:
     """Write a People's-Speech-shaped corpus under ``out_dir``.
 
@@ -371,10 +395,13 @@ def generate_corpus(
         workers: synthesis processes (default: the CPU count).
         splits: which splits to synthesise. The others are still planned (texts only, which
             is cheap), so a subset gives the same bytes as a full run with the same arguments.
+        voices: the voice set, a key of VOICE_SETS (the default mixes espeak-ng and flite).
 
     Returns:
         Per split: utterances, hours and files; plus seed and the command line.
     """
+    if voices not in VOICE_SETS:
+        raise ValueError(f"unknown voice set {voices!r}: choose one of {', '.join(VOICE_SETS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
@@ -385,7 +412,7 @@ def generate_corpus(
     with pool, tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         for split, count in counts.items():
             unbounded = split == "train" and hours is not None
-            plan = plan_split(seed, split, 10**9 if unbounded else count, frozenset(forbidden))
+            plan = plan_split(seed, split, 10**9 if unbounded else count, frozenset(forbidden), voices)
             if split not in splits:
                 if unbounded:
                     raise ValueError("--hours needs the train split synthesised (it decides the count)")
@@ -411,7 +438,7 @@ def generate_corpus(
             }
             del table
     _write_sums(out_dir)
-    _write_readme(out_dir, summary, seed, train, dev, test, train_files, hours)
+    _write_readme(out_dir, summary, seed, train, dev, test, train_files, hours, voices)
     return summary
 
 
@@ -432,12 +459,15 @@ def _write_readme(
     test: int,
     train_files: int,
     hours: float | None,
+    voices: str = "mixed",
 ) -> None:
     size = f"--hours {hours}" if hours is not None else f"--train {train}"
     command = (
         f"python -m tests.corpus.generate --out {shlex.quote(str(out_dir))} {size} --dev {dev} "
         f"--test {test} --seed {seed} --train-files {train_files}"
     )
+    if voices != "mixed":
+        command += f" --voices {voices}"
     summary["command"] = command
     rows = "\n".join(
         f"| {split} | {info['utterances']} | {info['hours']:.3f} | {', '.join(info['files'])} |"
@@ -514,6 +544,12 @@ def main(argv: list[str] | None = None) -> None:
         "--hours", type=float, help="make train this many hours of audio instead of --train utterances"
     )
     parser.add_argument("--workers", type=int, help="synthesis processes (default: CPU count)")
+    parser.add_argument(
+        "--voices",
+        choices=list(VOICE_SETS),
+        default="mixed",
+        help="; ".join(f"{name}: {what}" for name, what in VOICE_SETS.items()) + " (default mixed)",
+    )
     args = parser.parse_args(argv)
     if args.train_files < 1:
         parser.error("--train-files must be at least 1")
@@ -527,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         train_files=args.train_files,
         hours=args.hours,
         workers=args.workers,
+        voices=args.voices,
     )
     json.dump(summary, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")

@@ -222,3 +222,90 @@ def test_a_retried_run_finds_its_own_run_directory_and_trainjob(compiled) -> Non
     for step in ("train", "launch-trainjob", "evaluate"):
         run_id = c.tasks[step]["inputs"]["parameters"]["run_id"]
         assert run_id == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}, step
+
+
+# --- the tokenizer step (sub-word models) ---------------------------------------------------------
+
+
+def test_the_tokenizer_step_runs_on_the_training_text_and_feeds_training(compiled) -> None:
+    """train-tokenizer reads merge-shards' output and the model config (it decides at run time
+    whether the model needs a tokenizer) and hands its directory to both training steps."""
+    _, c = compiled
+    inputs = c.tasks["train-tokenizer"]["inputs"]["parameters"]
+    assert inputs["source"]["taskOutputParameter"] == {
+        "producerTask": "merge-shards",
+        "outputParameterKey": "out_dir",
+    }
+    assert inputs["config"]["componentInputParameter"] == "model_config"
+    assert inputs["vocab_size"]["componentInputParameter"] == "tokenizer_vocab_size"
+    assert inputs["data_root"]["componentInputParameter"] == "data_root"
+    for step in ("train", "launch-trainjob"):
+        source = c.tasks[step]["inputs"]["parameters"]["tokenizer_dir"]["componentInputParameter"]
+        assert source == "pipelinechannel--train-tokenizer-Output", step
+
+
+def test_the_tokenizer_step_is_a_cached_cpu_step_in_the_train_image(compiled) -> None:
+    """NeMo's SentencePiece trainer is in the train image; it needs no GPU, so the CPU pool,
+    with the data steps' retries, labels and caching."""
+    _, c = compiled
+    assert c.container("train-tokenizer")["image"] == TRAIN_IMAGE
+    k8s = c.kubernetes("train-tokenizer")
+    assert k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-nodepool": placement.CPU_POOL.name}
+    assert "tolerations" not in k8s and "accelerator" not in c.container("train-tokenizer")["resources"]
+    assert c.tasks["train-tokenizer"]["cachingOptions"].get("enableCache") is True
+    assert c.tasks["train-tokenizer"]["retryPolicy"]["maxRetryCount"] == placement.DATA_RETRY.retries
+    assert k8s["podMetadata"]["labels"][placement.STEP_LABEL] == "train-tokenizer"
+
+
+def test_the_lm_step_reads_the_training_text_with_the_tokenizer_and_feeds_evaluation(compiled) -> None:
+    """train-lm takes merge-shards' directory, the tokenizer step's output and the LM
+    parameters; evaluation decodes with what it returns ("" for none: lm_order 0, or a
+    character model). A cached CPU step in the train image (NeMo's n-gram writer)."""
+    _, c = compiled
+    inputs = c.tasks["train-lm"]["inputs"]["parameters"]
+    assert inputs["dataset_dir"]["taskOutputParameter"] == {
+        "producerTask": "merge-shards",
+        "outputParameterKey": "out_dir",
+    }
+    assert inputs["tokenizer_dir"]["taskOutputParameter"] == {
+        "producerTask": "train-tokenizer",
+        "outputParameterKey": "Output",
+    }
+    assert inputs["order"]["componentInputParameter"] == "lm_order"
+    assert inputs["extra_sources"]["componentInputParameter"] == "lm_text_sources"
+    evaluate = c.tasks["evaluate"]["inputs"]["parameters"]
+    assert evaluate["lm_dir"]["taskOutputParameter"] == {
+        "producerTask": "train-lm",
+        "outputParameterKey": "Output",
+    }
+    assert evaluate["lm_alpha"]["componentInputParameter"] == "lm_alpha"
+    assert evaluate["tune_lm_alpha"]["componentInputParameter"] == "tune_lm_alpha"
+    assert c.container("train-lm")["image"] == TRAIN_IMAGE
+    assert c.kubernetes("train-lm")["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-nodepool": placement.CPU_POOL.name
+    }
+    assert c.tasks["train-lm"]["cachingOptions"].get("enableCache") is True
+    assert c.spec["root"]["inputDefinitions"]["parameters"]["lm_order"]["defaultValue"] == 0
+
+
+def test_a_rerun_on_the_same_text_reuses_the_tokenizer(compiled) -> None:
+    """Under KFP 2.17's cache rules (tests/pipelines/kfp_backend.py): the second run on unchanged
+    data is a cache hit for train-tokenizer and trains with the first run's tokenizer; a new
+    vocabulary size misses."""
+    from tests.pipelines.kfp_backend import CacheReplay
+
+    _, c = compiled
+    arguments = {"data_root": "gs://bucket/asrflow", "model_config": "conformer_ctc_bpe"}
+    replay = CacheReplay(c.spec)
+    first = replay.run(arguments, run_id="run-1")
+    second = replay.run(arguments, run_id="run-2")
+    third = replay.run({**arguments, "tokenizer_vocab_size": 512}, run_id="run-3")
+
+    def tokenizer_and_train(executions):
+        (tokenizer,) = [e for e in executions if e.task == "train-tokenizer"]
+        (training,) = [e for e in executions if e.task == "train"]
+        return tokenizer, training
+
+    (tok1, train1), (tok2, train2), (tok3, _) = map(tokenizer_and_train, (first, second, third))
+    assert not tok1.cached and tok2.cached and not tok3.cached
+    assert train1.inputs["tokenizer_dir"] == tok1.parameters["Output"] == train2.inputs["tokenizer_dir"]

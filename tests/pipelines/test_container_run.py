@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pipelines import container_run
 from pipelines.cli import main
-from pipelines.local_run import local_arguments, local_sources
+from pipelines.local_run import PRETRAINED_MODEL, local_arguments, local_sources
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,10 +34,12 @@ def test_tasks_run_as_the_images_user_with_a_read_only_root_and_the_command_as_e
 def test_mounts_the_data_root_read_write_and_the_sources_read_only(tmp_path: Path) -> None:
     arguments = local_arguments(tmp_path)
     sources = local_sources(arguments)
-    assert sources == [str(REPO / "tests" / "data" / "peoples_speech")]
+    corpus = str(REPO / "tests" / "data" / "peoples_speech")
+    assert sources == sorted([corpus, str(PRETRAINED_MODEL)])  # the model the demo fine-tunes
     mounts = container_run.task_mounts(arguments["data_root"], sources)
     assert mounts[arguments["data_root"]] == {"bind": arguments["data_root"], "mode": "rw"}
-    assert mounts[sources[0]] == {"bind": sources[0], "mode": "ro"}
+    for source in sources:
+        assert mounts[source] == {"bind": source, "mode": "ro"}
 
 
 def test_remote_sources_are_not_mounted(tmp_path: Path) -> None:
