@@ -27,14 +27,12 @@ from components.train import config, families
 from components.train.callbacks import validation_figures
 from components.train.errors import TrainError
 from components.train.model import build_model
-from components.train.tokenizer import train_tokenizer
 from tests.components.test_train import ASRFLOW, asrflow_env, explain, last_json_line, run_asrflow
 
 MAX_STEPS = 6
 EVERY = 2
 VAL_UTTERANCES = 6  # an untrained transducer decodes slowly (up to max_symbols a frame)
 RUN_TIMEOUT_S = 300
-VOCAB_SIZE = 64
 # tiny sizes for the small_* transducer configs: each step well under a few seconds on a CPU
 SHRINK_TRANSDUCER = (
     "model.encoder.n_layers=2",
@@ -65,14 +63,6 @@ CPU_FAMILIES = {
     "rnnt_bpe": ("small_rnnt_bpe", SHRINK_TRANSDUCER),
     "hybrid_rnnt_ctc_bpe": ("small_hybrid_rnnt_ctc_bpe", SHRINK_TRANSDUCER),
 }
-
-
-@pytest.fixture(scope="module")
-def family_tokenizer(bundled_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SentencePiece tokenizer of the bundled train text (VOCAB_SIZE sub-words)."""
-    out = tmp_path_factory.mktemp("families") / "tokenizer"
-    train_tokenizer(str(bundled_shards), str(out), VOCAB_SIZE)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +134,8 @@ def test_validation_figures_of_each_head_and_without_a_loss():
 
 
 @pytest.mark.parametrize("name", config.config_names())
-def test_every_shipped_config_builds_its_family(name: str, family_tokenizer: Path):
-    cfg = loaded(name, family_tokenizer)
+def test_every_shipped_config_builds_its_family(name: str, bpe_tokenizer: Path):
+    cfg = loaded(name, bpe_tokenizer)
     family = families.family_of(cfg, name)
     model = build_model(cfg, where=name)
     assert type(model).__name__ == family.model_class.rpartition(".")[2]
@@ -159,14 +149,14 @@ def test_every_shipped_config_builds_its_family(name: str, family_tokenizer: Pat
 
 
 def test_tdt_builds_runs_forward_and_decodes_on_cpu_but_its_loss_needs_cuda(
-    family_tokenizer: Path, short_validation: Path
+    bpe_tokenizer: Path, short_validation: Path
 ):
     import soundfile
     import torch
 
     shrink = [o for o in SHRINK_TRANSDUCER if o.startswith(("model.encoder", "model.model_defaults"))]
     name = "fastconformer_hybrid_tdt_ctc_bpe"
-    model = build_model(loaded(name, family_tokenizer, shrink))
+    model = build_model(loaded(name, bpe_tokenizer, shrink))
     assert families.family_of_model(model).name == "hybrid_tdt_ctc_bpe"
     entries = manifest.read_manifest(str(short_validation))[:3]
     audio = [torch.tensor(soundfile.read(e["audio_filepath"], dtype="float32")[0]) for e in entries]
@@ -287,10 +277,10 @@ def check_restores_and_transcribes(model_path: Path, family: families.Family, va
 
 @pytest.mark.parametrize("family", sorted(CPU_FAMILIES))
 def test_family_trains_checkpoints_survives_sigterm_resumes_and_transcribes(
-    family: str, bundled_shards: Path, short_validation: Path, family_tokenizer: Path, tmp_path: Path
+    family: str, bundled_shards: Path, short_validation: Path, bpe_tokenizer: Path, tmp_path: Path
 ):
     run_dir = tmp_path / "run"
-    argv = family_train_args(family, bundled_shards, short_validation, run_dir, family_tokenizer)
+    argv = family_train_args(family, bundled_shards, short_validation, run_dir, bpe_tokenizer)
     card, _ = check_sigterm_and_resume(argv, run_dir, tmp_path / "first.log")
     expected = families.family_named(family)
     assert card["family"] == family and card["heads"] == list(expected.heads)
@@ -306,11 +296,11 @@ def test_family_trains_checkpoints_survives_sigterm_resumes_and_transcribes(
 
 
 def test_rnnt_trains_with_two_rank_ddp_on_cpu(
-    bundled_shards: Path, short_validation: Path, family_tokenizer: Path, tmp_path: Path
+    bundled_shards: Path, short_validation: Path, bpe_tokenizer: Path, tmp_path: Path
 ):
     run_dir = tmp_path / "run"
     argv = family_train_args(
-        "rnnt_bpe", bundled_shards, short_validation, run_dir, family_tokenizer, "--devices", "2"
+        "rnnt_bpe", bundled_shards, short_validation, run_dir, bpe_tokenizer, "--devices", "2"
     )
     result = run_asrflow(*argv, timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, explain(result)
