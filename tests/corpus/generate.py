@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
         "--voices",
         choices=list(VOICE_SETS),
         default="mixed",
-        help="; ".join(f"{name}: {what}" for name, what in VOICE_SETS.items()) + " (default mixed)",
+        help="; ".join(f"{name}: {what}" for name, what in VOICE_SETS.items()).replace("%", "%%")
+        + " (default mixed)",
     )
     args = parser.parse_args(argv)
     if args.train_files < 1:
