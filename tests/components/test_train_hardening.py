@@ -396,6 +396,8 @@ def test_shard_health_hooks_nemos_skip_warning(bundled_shards: Path, tmp_path: P
 
 # --- item 2: SIGTERM and stalls while data loading hangs --------------------------------------
 
+SPOT_POD_GRACE_S = 15.0
+
 
 def test_sigterm_while_data_loading_hangs_exits_143_within_seconds(hung_gcs_training, tmp_path: Path):
     argv, env, pids = hung_gcs_training
@@ -424,7 +426,9 @@ def test_sigterm_while_data_loading_hangs_exits_143_within_seconds(hung_gcs_trai
     text = log_path.read_text()
     print(f"SIGTERM while the shard read hangs: exit {code} after {elapsed:.1f}s")
     assert code == 143, f"exit {code}\n{text[-4000:]}"
-    assert elapsed < 10, f"{elapsed:.1f}s from SIGTERM to exit\n{text[-4000:]}"
+    # the mechanism is the message below; the bound is the platform's: GKE's graceful node
+    # shutdown of a spot VM gives non-system pods 15 s (the time on a loaded machine varies)
+    assert elapsed < SPOT_POD_GRACE_S, f"{elapsed:.1f}s from SIGTERM to exit\n{text[-4000:]}"
     assert "stopped by SIGTERM at step 0 of 12 (no step ended within 3s: waiting for data)" in text
     # the hung reader notices that its parent is gone and ends too
     reader = int(pids.read_text().split()[0])
