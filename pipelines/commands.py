@@ -36,16 +36,24 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
     "--gpu", type=GPU_CHOICES, default="v100", show_default=True, help="Spot GPU pool for training."
 )
 @click.option("--gpus", type=int, default=None, help="GPUs per training node (default: the pool's).")
-def compile_pipeline(out: str, gpu: str, gpus: int | None) -> None:
+@click.option(
+    "--mixture",
+    is_flag=True,
+    help="The variant that trains on a weighted mixture of sources (parameters train_weight, "
+    "extra_train_sets, mix_temperature).",
+)
+def compile_pipeline(out: str, gpu: str, gpus: int | None, mixture: bool) -> None:
     """Write the pipeline YAML to upload in the KFP UI (Pipelines > Upload pipeline).
 
     The GPU type fixes training's node pool, accelerator limit and precision (V100:
-    16-mixed, A100: bf16-mixed); everything else is a run parameter in the UI.
+    16-mixed, A100: bf16-mixed); everything else is a run parameter in the UI. With
+    --mixture, train_source is mixed with extra_train_sets, each prepared by its own
+    download and write-shards fan-out.
     """
     from pipelines.asr_training import compile_pipeline as compile_yaml
 
     try:
-        path = compile_yaml(out, gpu=gpu, gpus_per_node=gpus)
+        path = compile_yaml(out, gpu=gpu, gpus_per_node=gpus, mixture=mixture)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(

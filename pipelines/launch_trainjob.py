@@ -38,6 +38,9 @@ def launch_trainjob(
     precision: str = "",
     max_bad_shards: int = 0,
     stall_timeout: float = 30.0,
+    weight: float = 1.0,
+    mix: list = [],  # noqa: B006 - KFP needs a literal default
+    mix_temperature: float = 1.0,
 ) -> NamedTuple("Outputs", [("model_uri", str)]):
     """Train on several GPU nodes: a TrainJob runs ``asrflow train`` under torchrun on each.
 
@@ -68,6 +71,13 @@ def launch_trainjob(
             more fails the run.
         stall_timeout: minutes without a training or validation batch before the run fails
             (0: never).
+        weight: tarred_dir's weight in a mixture with ``mix`` (a share of utterances).
+        mix: more tarred datasets to train on, ``DIR=WEIGHT`` each: every next utterance comes
+            from a source with probability proportional to its weight (NeMo's Lhotse
+            ``input_cfg``); the card records the hours and
+            utterances seen of each. Empty: tarred_dir alone.
+        mix_temperature: NeMo's reweight_temperature T for a mixture: probabilities
+            w**T / sum(w**T) (1: the weights as given; 0: equal).
     """
     arguments = dict(locals())  # the settings, by name (checked against TrainSettings' fields)
     from collections import namedtuple

@@ -109,6 +109,7 @@ def local_sources(arguments: dict[str, Any]) -> list[str]:
     """The local directories or files the run reads its data from (train, validation, eval sets)."""
     sources = [arguments["train_source"], arguments["validation_set"]["source"]]
     sources += [spec["source"] for spec in arguments["eval_sets"]]
+    sources += [spec["source"] for spec in arguments.get("extra_train_sets", [])]
     sources += [arguments["init_from"]] if arguments.get("init_from") else []
     return sorted({source for source in sources if "://" not in source and Path(source).exists()})
 
@@ -141,7 +142,8 @@ def run_local(
 
     Args:
         output_dir: where data_root and KFP's pipeline root go.
-        overrides: pipeline arguments that replace :func:`local_arguments`' ones.
+        overrides: pipeline arguments that replace :func:`local_arguments`' ones; with
+            ``extra_train_sets`` the mixture variant of the pipeline runs.
         runner: ``subprocess`` (each task in this environment) or ``container`` (each task
             in its image, through podman: see :mod:`pipelines.container_run`).
     """
@@ -159,7 +161,8 @@ def run_local(
         with kfp_runner(runner, output_dir, arguments) as kfp_local_runner:
             local.init(runner=kfp_local_runner, pipeline_root=str(output_dir / "kfp"), raise_on_error=True)
             with StepTimer(runner) as timer:
-                result = build_pipeline(local=True)(**arguments)
+                pipeline = build_pipeline(local=True, mixture=bool(arguments.get("extra_train_sets")))
+                result = pipeline(**arguments)
     finally:
         # kfp.local indents task output by swapping builtins.print; parallel tasks can leave
         # its indenting version in place, which would shift our table.

@@ -50,6 +50,7 @@ INTEGRATION = "integration"
 INTEGRATION_MODULES = {
     "tests/pipelines/test_local_run.py": "the whole DAG through kfp.local",
     "tests/components/test_finetune.py": "restores, re-vocabularies and fine-tunes NeMo models",
+    "tests/pipelines/test_local_run_mixture.py": "the mixture variant of the DAG through kfp.local",
 }
 # every test that uses one of these fixtures
 INTEGRATION_FIXTURES = {

@@ -29,6 +29,10 @@ class BucketsCard(Card):
         filtered: utterances outside the duration limits.
         rejected: manifest lines that could not be used.
         rejects_by_reason: those lines by reason.
+        mixture: bins over a weighted mixture (``--mix``): a source each, ``tarred_dir`` first,
+            with its ``weight``, ``share`` of the utterances and ``utterances``; ``utterances``
+            and ``hours`` above are then those of the mixture's stand-in sample. Empty: one dataset.
+        mix_temperature: the mixture's reweighting temperature (None: one dataset).
         metadata: the metadata.yaml the bins were written into (None: not written).
         rejects: rejects.jsonl (None, and left out of the JSON, when no line was rejected).
     """
@@ -48,6 +52,8 @@ class BucketsCard(Card):
     filtered: int
     rejected: int
     rejects_by_reason: dict[str, int]
+    mixture: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    mix_temperature: float | None = None
     metadata: str | None = None
     rejects: str | None = None
 

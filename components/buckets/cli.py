@@ -6,7 +6,7 @@ import json
 
 import click
 
-from components import cli_options
+from components import cli_options, mixture
 
 
 @click.command("estimate-buckets")
@@ -60,6 +60,18 @@ from components import cli_options
     show_default=True,
     help="Write the bins into TARRED_DIR/metadata.yaml (other keys are kept).",
 )
+@click.option(
+    mixture.WEIGHT_FLAG, "weight", type=float, default=1.0, show_default=True, help=mixture.WEIGHT_HELP
+)
+@click.option(mixture.MIX_FLAG, "mix", multiple=True, metavar="DIR=WEIGHT", help=mixture.MIX_HELP)
+@click.option(
+    mixture.TEMPERATURE_FLAG,
+    "mix_temperature",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help=mixture.TEMPERATURE_HELP,
+)
 def estimate_buckets(
     tarred_dir: str,
     num_buckets: int,
@@ -71,6 +83,9 @@ def estimate_buckets(
     efficiency_sample: int,
     max_reject_fraction: float,
     write_metadata: bool,
+    weight: float,
+    mix: tuple[str, ...],
+    mix_temperature: float,
 ) -> None:
     """Estimate Lhotse duration-bucket bins for a NeMo tarred dataset.
 
@@ -84,6 +99,12 @@ def estimate_buckets(
     these bins and by DynamicCutSampler without bucketing, then the card as the last line.
     Writes bucket_duration_bins and num_buckets into TARRED_DIR/metadata.yaml, and card.json
     and duration_histogram.png (the durations with the bin edges) into --out.
+
+    With --mix DIR=WEIGHT (repeated) the bins are for the weighted mixture training draws
+    (asrflow train with the same --weight, --mix and --mix-temperature): each source's
+    durations count by its share of the utterances. No metadata.yaml is written then, and
+    --out defaults to TARRED_DIR/buckets/mix-<key of the mixture>; pass the bins to train as
+    --bucket-bins.
 
     Example: asrflow estimate-buckets data/tarred --num-buckets 30 --batch-duration 600
     """
@@ -101,6 +122,9 @@ def estimate_buckets(
         efficiency_sample=efficiency_sample,
         max_reject_fraction=max_reject_fraction,
         write_metadata=write_metadata,
+        weight=weight,
+        mix=mix,
+        mix_temperature=mix_temperature,
     )
     for line in BucketsCard.from_dict(card).summary_lines():
         click.echo(line)

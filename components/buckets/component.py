@@ -16,6 +16,9 @@ def estimate_buckets(
     max_duration: float = 0.0,
     batch_duration: float = 600.0,
     seed: int = 0,
+    weight: float = 1.0,
+    mix: list = [],  # noqa: B006 - KFP needs a literal default
+    mix_temperature: float = 1.0,
 ) -> list:
     """Estimate Lhotse duration-bucket bins for a tarred dataset and write them into its metadata.yaml.
 
@@ -29,6 +32,10 @@ def estimate_buckets(
         max_duration: leave out longer utterances (seconds); 0: the longest there is.
         batch_duration: seconds of audio per batch, for the padding-efficiency figures.
         seed: seed of the simulated samplers.
+        weight: tarred_dir's weight in a mixture with ``mix``.
+        mix: more tarred datasets, ``DIR=WEIGHT`` each: the bins are then those of the
+            weighted mixture training draws (no metadata.yaml is written); empty: tarred_dir alone.
+        mix_temperature: the mixture's reweighting temperature (NeMo's reweight_temperature).
 
     Returns:
         The bucket_duration_bins (seconds), for NeMo's train_ds.bucket_duration_bins.
@@ -48,6 +55,9 @@ def estimate_buckets(
         max_duration=max_duration or None,
         batch_duration=batch_duration,
         seed=seed,
+        weight=weight,
+        mix=list(mix),
+        mix_temperature=mix_temperature,
     )
     with open(card.path, "w", encoding="utf-8") as out:
         json.dump(result, out, sort_keys=True, indent=2)

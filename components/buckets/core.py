@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
-from components import layout, storage
+from components import layout, mixture, storage
 from components.buckets.bins import BIN_DIGITS, estimate_bins, padding_efficiency, sample
 from components.buckets.card import BucketsCard
-from components.buckets.durations import manifest_uris, read_durations, resolve_tarred_dir
+from components.buckets.durations import manifest_uris, mixture_durations, read_durations, resolve_tarred_dir
 from components.buckets.errors import BucketError
 from components.buckets.histogram import HISTOGRAM_NAME, plot_histogram
 from components.buckets.metadata import update_metadata
@@ -54,6 +55,9 @@ def estimate_buckets(
     efficiency_sample: int = 200_000,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     write_metadata: bool = True,
+    weight: float = 1.0,
+    mix: Sequence[str] = (),
+    mix_temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Estimate bins for a tarred dataset; write histogram, metadata.yaml fields, card, _SUCCESS.
 
@@ -67,22 +71,52 @@ def estimate_buckets(
         seed: seed of the simulated samplers (and of the sample, for big datasets).
         efficiency_sample: simulate at most this many utterances (a seeded random sample).
         max_reject_fraction: fail when more manifest lines than this are unusable.
-        write_metadata: update ``metadata.yaml`` in ``tarred_dir``.
+        write_metadata: update ``metadata.yaml`` in ``tarred_dir`` (never for a mixture: its bins
+            are no single dataset's).
+        weight: ``tarred_dir``'s weight in a mixture with ``mix``.
+        mix: more tarred datasets, ``DIR=WEIGHT`` each: the bins are then estimated over the
+            mixture training draws (:func:`~components.buckets.durations.mixture_durations`),
+            and the output goes by default to ``<tarred_dir>/buckets/mix-<key>``.
+        mix_temperature: NeMo's reweight_temperature of the mixture.
 
     Returns:
         The card (:class:`BucketsCard`, as JSON): bins, num_buckets, max_duration, padding
         efficiency, counts, paths.
     """
     tarred_dir = resolve_tarred_dir(tarred_dir)
-    out_dir = (out_dir or storage.join(tarred_dir, OUT_SUBDIR)).rstrip("/")
+    try:
+        sources = mixture.mixture_sources(tarred_dir, weight, [_resolved(item) for item in mix])
+        temperature = mixture.check_temperature(mix_temperature)
+    except mixture.MixtureError as err:
+        raise BucketError(f"{STEP}: {err}") from None
+    default_out = storage.join(tarred_dir, OUT_SUBDIR)
+    if mix:
+        default_out = storage.join(default_out, f"mix-{mixture.mixture_key(sources, temperature)}")
+        write_metadata = False
+    out_dir = (out_dir or default_out).rstrip("/")
     if max_duration is not None and max_duration <= min_duration:
         raise BucketError(f"{STEP}: --max-duration {max_duration} must exceed --min-duration {min_duration}")
-    if not storage.is_complete(tarred_dir):
-        log.warning("%s has no _SUCCESS marker: not written by write-shards, or not finished", tarred_dir)
-    uris = manifest_uris(tarred_dir)
+    per_source = []
+    uris: list[str] = []
     rejects = Rejects()
-    every = read_durations(uris, rejects)
-    rejects.check(len(every), max_reject_fraction, STEP)
+    for source in sources:
+        if not storage.is_complete(source.uri):
+            log.warning("%s has no _SUCCESS marker: not written by write-shards, or not finished", source.uri)
+        source_uris = manifest_uris(source.uri)
+        uris += source_uris
+        per_source.append(read_durations(source_uris, rejects))
+    rejects.check(sum(len(d) for d in per_source), max_reject_fraction, STEP)
+    shares = mixture.probabilities([s.weight for s in sources], temperature)
+    every = mixture_durations(per_source, shares) if mix else per_source[0]
+    if mix:
+        for source, durations, share in zip(sources, per_source, shares, strict=True):
+            log.info(
+                "%s: %.1f%% of the mixture's utterances from %s (%d utterances)",
+                STEP,
+                100 * share,
+                source.uri,
+                len(durations),
+            )
     if not every:
         raise BucketError(f"{STEP}: no usable duration in {', '.join(uris)}")
     upper = max(every) if max_duration is None else max_duration
@@ -130,6 +164,18 @@ def estimate_buckets(
         filtered=filtered,
         rejected=len(rejects),
         rejects_by_reason=rejects.counts(),
+        mixture=[
+            {
+                "tarred_dir": source.uri,
+                "weight": source.weight,
+                "share": round(share, 6),
+                "utterances": len(d),
+            }
+            for source, share, d in zip(sources, shares, per_source, strict=True)
+        ]
+        if mix
+        else [],
+        mix_temperature=temperature if mix else None,
     )
     if write_metadata:
         card.metadata = update_metadata(tarred_dir, card.metadata_section())
@@ -139,3 +185,11 @@ def estimate_buckets(
     card.write(echo=False)
     storage.mark_complete(out_dir)
     return card.to_dict()
+
+
+def _resolved(item: str) -> str:
+    """A ``DIR=WEIGHT`` item whose DIR may be a write-shards card.json: the item with its directory."""
+    source = mixture.parse_source(item) if mixture.SEPARATOR in item else None
+    if source is None:
+        return item  # parse_source names what is wrong
+    return mixture.WeightedSource(resolve_tarred_dir(source.uri), source.weight).item()

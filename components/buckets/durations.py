@@ -56,3 +56,29 @@ def read_durations(uris: Sequence[str], rejects: Rejects) -> array:
             durations.append(float(duration))
     progress.finish()
     return durations
+
+
+MIXTURE_LIMIT = 2_000_000
+"""At most this many durations stand for a mixture (unless its sources hold more together)."""
+
+
+def mixture_durations(per_source: Sequence[Sequence[float]], shares: Sequence[float]) -> array:
+    """The durations of a weighted mixture, as its training draws them; deterministic.
+
+    Training draws each next utterance from source ``k`` with probability ``shares[k]``, so
+    ``m_k = shares[k] * N`` of ``N`` utterances come from source ``k``, spread over its own
+    durations. The stand-in takes exactly that many from each: its sorted durations at
+    evenly spaced ranks (each one ``m_k / n_k`` times when ``m_k`` is a multiple of ``n_k``).
+    ``N`` is the least that takes every utterance of every source at least once
+    (``max_k n_k / shares[k]``), within :data:`MIXTURE_LIMIT` (or all the sources' utterances,
+    when more). Weights proportional to the sources' sizes give their durations as they are.
+    """
+    sizes = [len(durations) for durations in per_source]
+    needed = max(n / share for n, share in zip(sizes, shares, strict=True) if share > 0)
+    total = min(math.ceil(needed - 1e-9), max(MIXTURE_LIMIT, sum(sizes)))
+    mixed = array("d")
+    for durations, share in zip(per_source, shares, strict=True):
+        ordered = sorted(durations)
+        count = round(share * total)
+        mixed.extend(ordered[(j * len(ordered)) // count] for j in range(count))
+    return mixed

@@ -103,6 +103,8 @@ class TrainingMonitor(Callback):
         sigterm_grace: seconds a SIGTERM waits for a step to end it before stopping the run
             where it is.
         health: the damaged-shard accounting, carried in checkpoints.
+        sources: for a mixture, what each batch holds of each source (:class:`SourceTally`);
+            the monitor sums it over ranks and steps, and carries it in checkpoints.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class TrainingMonitor(Callback):
         stall_timeout: float | None = None,
         sigterm_grace: float = SIGTERM_GRACE_S,
         health: Any = None,
+        sources: SourceTally | None = None,
     ) -> None:
         if checkpoint_every < 1 or log_every < 1:
             raise ValueError("checkpoint_every and log_every must be at least 1")
@@ -132,6 +135,9 @@ class TrainingMonitor(Callback):
         self.after_checkpoint = after_checkpoint
         # carried over a resume through the checkpoint (state_dict)
         self.audio_seconds_total = 0.0
+        self.sources = sources
+        self.source_seconds = [0.0] * (sources.num_sources if sources else 0)
+        self.source_utterances = [0.0] * (sources.num_sources if sources else 0)
         # this attempt
         self.stop_requested = False
         self.start_step = 0
@@ -171,10 +177,17 @@ class TrainingMonitor(Callback):
         state: dict[str, Any] = {"audio_seconds_total": self.audio_seconds_total}
         if self.health is not None:
             state["bad_shards"] = [b.as_dict() for b in self.health.found_during().values()]
+        if self.sources is not None:
+            state["source_seconds"] = list(self.source_seconds)
+            state["source_utterances"] = list(self.source_utterances)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.audio_seconds_total = float(state_dict.get("audio_seconds_total", 0.0))
+        n = len(self.source_seconds)
+        if n and len(state_dict.get("source_seconds", ())) == n:
+            self.source_seconds = [float(x) for x in state_dict["source_seconds"]]
+            self.source_utterances = [float(x) for x in state_dict["source_utterances"]]
         if self.health is not None:
             self.health.restore(state_dict.get("bad_shards", []))
 
@@ -345,8 +358,13 @@ class TrainingMonitor(Callback):
         audio_seconds = float(batch[1].sum().item()) / self.sample_rate
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss_value = float(loss.detach().float().item()) if loss is not None else float("nan")
-        sums = _all_reduce(trainer, [audio_seconds, loss_value, float(self.stop_requested)])
+        by_source = self.sources.take() if self.sources is not None else []
+        sums = _all_reduce(trainer, [audio_seconds, loss_value, float(self.stop_requested), *by_source])
         audio_all, loss_mean, stop = sums[0], sums[1] / trainer.world_size, sums[2] > 0
+        n = len(self.source_seconds)
+        for index in range(n):
+            self.source_seconds[index] += sums[3 + index] / self.sample_rate
+            self.source_utterances[index] += sums[3 + n + index]
         self.audio_seconds_total += audio_all
         self.attempt_audio_seconds += audio_all
         self.last_loss = loss_mean
@@ -639,3 +657,93 @@ class FreezeEncoder(Callback):
         from components.train.finetune import keep_frozen_in_eval
 
         keep_frozen_in_eval(pl_module, self.train_last_layers)
+
+
+class CountedSources(torch.utils.data.Dataset):
+    """NeMo's Lhotse dataset, each batch followed by what it holds of each mixture source.
+
+    It wraps the dataset inside NeMo's ``IterableDatasetWrapper`` and runs where the batches
+    are made (a dataloader worker, or the training process without workers). The batch it
+    returns is a list, ``[audio, audio_lens, tokens, token_lens, counts]``;
+    :class:`SourceTally` takes ``counts`` off again before the model's step sees the batch.
+    ``counts[0, k]`` is source ``k``'s audio in samples, ``counts[1, k]`` its utterances; the
+    source is the ``asrflow_source`` tag NeMo's ``input_cfg`` puts on every cut.
+    """
+
+    def __init__(self, dataset: Any, num_sources: int) -> None:
+        self.dataset = dataset
+        self.num_sources = num_sources
+
+    def __getitem__(self, cuts: Any) -> list[Any]:
+        batch = self.dataset[cuts]
+        return [*batch, source_counts(list(cuts), batch[1], self.num_sources)]
+
+
+def source_counts(cuts: list[Any], audio_lens: torch.Tensor, num_sources: int) -> torch.Tensor:
+    """Samples and utterances of each source in a batch, shape ``(2, num_sources)``.
+
+    NeMo's dataset drops an utterance whose audio cannot be read; then the batch's samples
+    are shared among the sources by the durations of the cuts it was given.
+    """
+    from components.train.data import SOURCE_TAG
+
+    sources = []
+    for cut in cuts:
+        source = (cut.custom or {}).get(SOURCE_TAG)
+        if source is None or not 0 <= int(source) < num_sources:
+            raise RuntimeError(
+                f"cut {cut.id} carries no {SOURCE_TAG} tag of 0..{num_sources - 1}: {source!r}"
+            )
+        sources.append(int(source))
+    counts = torch.zeros(2, num_sources, dtype=torch.float64)
+    lens = [float(n) for n in audio_lens.tolist()]
+    if len(lens) == len(cuts):
+        for source, samples in zip(sources, lens, strict=True):
+            counts[0, source] += samples
+            counts[1, source] += 1
+        return counts
+    durations = [float(cut.duration) for cut in cuts]
+    total = sum(durations) or 1.0
+    for source, duration in zip(sources, durations, strict=True):
+        counts[0, source] += sum(lens) * duration / total
+        counts[1, source] += len(lens) * duration / total
+    return counts
+
+
+class SourceTally(Callback):
+    """What each training batch of a mixture holds of each source (see :class:`CountedSources`).
+
+    ``on_fit_start`` (after NeMo built its training dataloader, before Lightning iterates it)
+    wraps the dataset; ``on_train_batch_start`` takes the counts off the batch, so the model
+    sees NeMo's own four tensors; :class:`TrainingMonitor` sums them over ranks (:meth:`take`).
+    """
+
+    def __init__(self, num_sources: int) -> None:
+        self.num_sources = num_sources
+        self._batch: list[float] | None = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loader = getattr(pl_module, "_train_dl", None)
+        holder = getattr(loader, "dataset", None)
+        if holder is None or not hasattr(holder, "sampler") or not hasattr(holder, "dataset"):
+            raise RuntimeError(
+                f"a mixture needs NeMo's Lhotse IterableDatasetWrapper as the training dataset, got "
+                f"{type(holder).__name__}: is model.train_ds.use_lhotse true?"
+            )
+        if not isinstance(holder.dataset, CountedSources):
+            holder.dataset = CountedSources(holder.dataset, self.num_sources)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not isinstance(batch, list) or len(batch) != 5:
+            raise RuntimeError(
+                f"a mixture's training batch should end with its source counts, got {type(batch)}"
+            )
+        counts = batch.pop()
+        self._batch = [float(x) for x in counts.flatten().tolist()]
+
+    def take(self) -> list[float]:
+        """This rank's last batch: samples per source, then utterances per source."""
+        counts, self._batch = self._batch, None
+        return counts if counts is not None else [0.0] * (2 * self.num_sources)

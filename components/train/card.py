@@ -34,8 +34,14 @@ class TrainCard(Card):
         val_wer_ctc: a hybrid's CTC head's last validation WER (None for other families).
         throughput_audio_s_per_s: seconds of audio trained on per second, last attempt.
         train_wall_seconds: the last attempt's training time.
-        dataset: the tarred dataset.
-        dataset_hours: its hours, as write-shards recorded them.
+        dataset: the tarred dataset (TARRED_DIR).
+        dataset_hours: its hours, as write-shards recorded them (a mixture: all its sources').
+        mixture: a run on a weighted mixture (``--mix``): a source each, TARRED_DIR first, with
+            its ``weight``, ``share`` (the share of utterances drawn from it: NeMo's weights
+            after ``--mix-temperature``), ``dataset_hours``, and what training saw of it in
+            all attempts: ``hours_seen``, ``utterances_seen`` and their shares of the totals.
+            Empty for one dataset. ``bad_shards`` ids count the sources' shards in this order.
+        mix_temperature: the reweighting temperature of a mixture (None for one dataset).
         bad_shards: damaged shards left out or skipped, with the reason and when.
         bad_shard_hours: their hours.
         skipped_utterances: utterances skipped inside readable shards.
@@ -63,6 +69,8 @@ class TrainCard(Card):
     train_wall_seconds: float
     dataset: str
     dataset_hours: float | None
+    mixture: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    mix_temperature: float | None = None
     bad_shards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     bad_shard_hours: float = 0.0
     skipped_utterances: int = 0

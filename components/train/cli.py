@@ -64,6 +64,8 @@ def settings_parameters(cls: type) -> list[click.Parameter]:
         attrs: dict[str, Any] = {"help": how.help, "metavar": how.metavar, "required": required}
         if kind is bool:
             attrs.update(is_flag=True, default=field.default)
+        elif how.repeat:
+            attrs.update(type=item_type(cls, field), multiple=True, default=field.default)
         else:
             attrs["type"] = _click_type(cls, field)
             if not required:

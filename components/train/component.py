@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.images import TRAIN_IMAGE
+from components.images import DATA_IMAGE, TRAIN_IMAGE
 
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
@@ -43,6 +43,9 @@ def train(
     precision: str = "",
     max_bad_shards: int = 0,
     stall_timeout: float = 30.0,
+    weight: float = 1.0,
+    mix: list = [],  # noqa: B006 - KFP needs a literal default
+    mix_temperature: float = 1.0,
 ) -> NamedTuple("Outputs", [("model_uri", str)]):
     """Train a NeMo speech model on tarred shards, or fine-tune one; resume after preemption.
 
@@ -76,6 +79,13 @@ def train(
             more fails the run.
         stall_timeout: minutes without a training or validation batch before the run fails
             (0: never).
+        weight: tarred_dir's weight in a mixture with ``mix`` (a share of utterances).
+        mix: more tarred datasets to train on, ``DIR=WEIGHT`` each: every next utterance comes
+            from a source with probability proportional to its weight (NeMo's Lhotse
+            ``input_cfg``); the card records the hours and
+            utterances seen of each. Empty: tarred_dir alone.
+        mix_temperature: NeMo's reweight_temperature T for a mixture: probabilities
+            w**T / sum(w**T) (1: the weights as given; 0: equal).
     """
     arguments = dict(locals())  # the settings, by name (checked against TrainSettings' fields)
     import sys
@@ -139,3 +149,45 @@ def train_tokenizer(
         json.dump(result, out, sort_keys=True, indent=2)
     card.metadata.update(uri=out_dir, vocab_size=result.get("vocab_size", 0))
     return out_dir
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def weigh_source(tarred_dir: str, weight: float) -> str:
+    """One source of a training mixture, as the ``DIR=WEIGHT`` item train and estimate-buckets take.
+
+    Args:
+        tarred_dir: the source's tarred dataset (merge-shards' output).
+        weight: its weight in the mixture (above 0).
+
+    Returns:
+        ``DIR=WEIGHT``, for train's and estimate_buckets' ``mix`` lists.
+    """
+    from components.mixture import WeightedSource, check_weight
+
+    return WeightedSource(tarred_dir, check_weight(weight, f"weight of {tarred_dir}")).item()
+
+
+@dsl.component(base_image=DATA_IMAGE, install_kfp_package=False)
+def check_mixture(tarred_dir: str, weight: float, mix: list, mix_temperature: float = 1.0) -> list:
+    """Check a training mixture before its bins and training: weights, items, no source twice.
+
+    Args:
+        tarred_dir: the main source's tarred dataset.
+        weight: its weight.
+        mix: the other sources, ``DIR=WEIGHT`` each (weigh_source's outputs).
+        mix_temperature: NeMo's reweight_temperature.
+
+    Returns:
+        ``mix``, in order: the list estimate_buckets and train take.
+    """
+    import logging
+
+    from components import mixture
+
+    sources = mixture.mixture_sources(tarred_dir, weight, mix)
+    shares = mixture.probabilities([s.weight for s in sources], mixture.check_temperature(mix_temperature))
+    for source, share in zip(sources, shares, strict=True):
+        logging.getLogger("asrflow.mixture").warning(
+            "%.1f%% of the utterances from %s", 100 * share, source.uri
+        )
+    return list(mix)

@@ -117,17 +117,28 @@ def configure_data(cfg: DictConfig, dataset: Any, val_manifest: str, seed: int) 
 
     Args:
         cfg: the run's config.
-        dataset: the checked tarred dataset (:class:`components.train.data.TarredDataset`).
+        dataset: the checked tarred dataset (:class:`components.train.data.TarredDataset`), or a
+            mixture of several (:class:`components.train.data.MixedDataset`: NeMo's
+            ``input_cfg``, one weighted ``nemo_tarred`` entry a source).
         val_manifest: the local validation manifest.
         seed: the data-order seed of this attempt.
     """
     from omegaconf import open_dict
 
+    from components.train.data import MixedDataset
+
     train_ds = cfg.model.train_ds
+    mixed = isinstance(dataset, MixedDataset)
     metadata_uri = storage.join(dataset.uri, layout.METADATA_NAME)
     with open_dict(train_ds):
-        train_ds.manifest_filepath = dataset.manifest_filepath
-        train_ds.tarred_audio_filepaths = dataset.tarred_audio_filepaths
+        if mixed:
+            train_ds.manifest_filepath = None
+            train_ds.tarred_audio_filepaths = None
+            train_ds.input_cfg = dataset.input_cfg()
+            train_ds.reweight_temperature = [float(dataset.temperature)]  # one level of input_cfg
+        else:
+            train_ds.manifest_filepath = dataset.manifest_filepath
+            train_ds.tarred_audio_filepaths = dataset.tarred_audio_filepaths
         train_ds.seed = seed
         # Without workers Lhotse resolves "randomized" to a constant: use the seed itself
         # (made distinct per rank by DataSeed once the rank is known).
@@ -142,6 +153,13 @@ def configure_data(cfg: DictConfig, dataset: Any, val_manifest: str, seed: int) 
                 train_ds.bucket_duration_bins = [float(b) for b in bins]
                 train_ds.num_buckets = len(bins) + 1
                 log.info("bucketing into %d buckets from %s", len(bins) + 1, source)
+            elif mixed:
+                log.warning(
+                    "no bucket_duration_bins for the mixture (run asrflow estimate-buckets TARRED_DIR "
+                    "with the same --weight, --mix and --mix-temperature, and pass its bins as "
+                    "--bucket-bins): training without bucketing"
+                )
+                train_ds.use_bucketing = False
             else:
                 log.warning(
                     "no bucket_duration_bins in %s (run asrflow estimate-buckets): "

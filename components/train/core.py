@@ -97,7 +97,7 @@ class Start:
 
 
 def _train(settings: TrainSettings) -> dict[str, Any]:
-    from components.train.callbacks import DataSeed, FreezeEncoder
+    from components.train.callbacks import DataSeed, FreezeEncoder, SourceTally
     from components.train.data import DataError
 
     run_dir = settings.run_dir
@@ -119,8 +119,9 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     pl.seed_everything(start.base_seed, workers=True, verbose=False)
-    monitor, health = _monitor(settings, cfg, work, start, dataset, checkpoint_every, max_steps)
-    callbacks: list[Any] = [DataSeed(start.data_seed), monitor]
+    tally = SourceTally(len(settings.mix) + 1) if settings.mix else None
+    monitor, health = _monitor(settings, cfg, work, start, dataset, checkpoint_every, max_steps, tally)
+    callbacks: list[Any] = [DataSeed(start.data_seed), *([tally] if tally else []), monitor]
     if settings.freeze_encoder:
         callbacks.append(FreezeEncoder(settings.train_last_layers))
     trainer = make_trainer(cfg, hardware, callbacks, _tensorboard(run_dir, work), work)
@@ -245,12 +246,25 @@ def _start(run_dir: str, work: Path, cfg: DictConfig, max_steps: int) -> Start:
 
 def _configure_data(settings: TrainSettings, cfg: DictConfig, work: Path, seed: int) -> Any:
     """Check the shards and the validation manifest, and put them into ``cfg``; the dataset."""
-    from components.train.data import DataError, open_tarred_dataset, prepare_validation_manifest
+    from components.train.data import (
+        DataError,
+        open_mixture,
+        open_tarred_dataset,
+        prepare_validation_manifest,
+    )
 
     try:
-        dataset = open_tarred_dataset(
-            settings.tarred_dir, str(work / "data"), max_bad_shards=settings.max_bad_shards
-        )
+        if settings.mix:
+            dataset = open_mixture(
+                [(source.uri, source.weight) for source in settings.sources()],
+                str(work / "data"),
+                max_bad_shards=settings.max_bad_shards,
+                temperature=settings.mix_temperature,
+            )
+        else:
+            dataset = open_tarred_dataset(
+                settings.tarred_dir, str(work / "data"), max_bad_shards=settings.max_bad_shards
+            )
         val_local, val_utterances, val_hours = prepare_validation_manifest(
             settings.val_manifest, str(work / "validation")
         )
@@ -268,6 +282,14 @@ def _configure_data(settings: TrainSettings, cfg: DictConfig, work: Path, seed: 
         settings.val_manifest,
         seed,
     )
+    if settings.mix:
+        for source, share in zip(dataset.datasets, dataset.probabilities(), strict=True):
+            log.info(
+                "mixture: %.1f%% of the utterances from %s (%d shards)",
+                100 * share,
+                source.uri,
+                source.num_shards,
+            )
     return dataset
 
 
@@ -279,6 +301,7 @@ def _monitor(
     dataset: Any,
     checkpoint_every: int,
     max_steps: int,
+    tally: Any = None,
 ) -> tuple[Any, Any]:
     """The training monitor (logs, checkpoints, stalls) and the shard health it reports."""
     from components.train.callbacks import TrainingMonitor
@@ -301,6 +324,7 @@ def _monitor(
         else None,
         stall_timeout=settings.stall_timeout_s,
         health=health,
+        sources=tally,
     )
     return monitor, health
 
@@ -409,9 +433,39 @@ def _card(
         train_wall_seconds=wall_seconds,
         dataset=dataset.uri,
         dataset_hours=dataset.hours(),
+        mixture=_mixture_seen(settings, dataset, monitor),
+        mix_temperature=settings.mix_temperature if settings.mix else None,
         **data_health,
         accelerator=hardware.accelerator,
         devices=hardware.devices,
         num_nodes=hardware.num_nodes,
         precision=hardware.precision,
     )
+
+
+def _mixture_seen(settings: TrainSettings, dataset: Any, monitor: Any) -> list[dict[str, Any]]:
+    """The card's account of a mixture, a source each: weight, share, hours and utterances seen."""
+    if not settings.mix:
+        return []
+    total_hours = sum(monitor.source_seconds) / 3600 or 1.0
+    total_utterances = sum(monitor.source_utterances) or 1.0
+    return [
+        {
+            "dataset": source.uri,
+            "weight": weight,
+            "share": round(share, 6),
+            "dataset_hours": source.hours(),
+            "hours_seen": round(seconds / 3600, 6),
+            "utterances_seen": round(utterances, 3),
+            "hours_seen_share": round(seconds / 3600 / total_hours, 6),
+            "utterances_seen_share": round(utterances / total_utterances, 6),
+        }
+        for source, weight, share, seconds, utterances in zip(
+            dataset.datasets,
+            dataset.weights,
+            dataset.probabilities(),
+            monitor.source_seconds,
+            monitor.source_utterances,
+            strict=True,
+        )
+    ]

@@ -235,6 +235,136 @@ class TarredDataset:
         return storage.join(self.uri, layout.tar_name(shard_id))
 
 
+SOURCE_TAG = "asrflow_source"
+"""The custom field NeMo's ``input_cfg`` ``tags`` put on every cut of a mixture: its source's index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedDataset:
+    """Several tarred datasets trained on as one weighted mixture (NeMo's Lhotse ``input_cfg``).
+
+    It offers the shard view :class:`ShardHealth` and the card read from a
+    :class:`TarredDataset`, with the shards of all sources numbered in order: source ``k``'s
+    shard ``i`` is shard ``offset(k) + i`` of the mixture (a bad shard's ``uri`` names it).
+
+    Attributes:
+        datasets: the sources, TARRED_DIR first.
+        weights: their weights, as given.
+        temperature: NeMo's ``reweight_temperature``.
+    """
+
+    datasets: tuple[TarredDataset, ...]
+    weights: tuple[float, ...]
+    temperature: float = 1.0
+
+    @property
+    def uri(self) -> str:
+        return self.datasets[0].uri
+
+    @property
+    def num_shards(self) -> int:
+        return sum(d.num_shards for d in self.datasets)
+
+    def offset(self, index: int) -> int:
+        """The mixture's id of source ``index``'s shard 0."""
+        return sum(d.num_shards for d in self.datasets[:index])
+
+    def _locate(self, shard_id: int) -> tuple[TarredDataset, int]:
+        for index, dataset in enumerate(self.datasets):
+            local = shard_id - self.offset(index)
+            if 0 <= local < dataset.num_shards:
+                return dataset, local
+        raise IndexError(f"no shard {shard_id} in a mixture of {self.num_shards}")
+
+    @property
+    def shard_ids(self) -> tuple[int, ...]:
+        return tuple(self.offset(k) + i for k, d in enumerate(self.datasets) for i in d.shard_ids)
+
+    @property
+    def tar_paths(self) -> tuple[str, ...]:
+        return tuple(path for d in self.datasets for path in d.tar_paths)
+
+    @property
+    def bad_shards(self) -> tuple[BadShard, ...]:
+        return tuple(
+            dataclasses.replace(bad, shard_id=self.offset(k) + bad.shard_id)
+            for k, d in enumerate(self.datasets)
+            for bad in d.bad_shards
+        )
+
+    def probabilities(self) -> list[float]:
+        """Each source's share of the utterances drawn (NeMo's temperature reweighting)."""
+        from components.mixture import probabilities
+
+        return probabilities(self.weights, self.temperature)
+
+    def input_cfg(self) -> list[dict[str, Any]]:
+        """NeMo's ``train_ds.input_cfg``: a ``nemo_tarred`` entry a source, weighted and tagged.
+
+        The keys are those ``read_nemo_manifest`` reads (``tarred_audio_filepaths``, plural;
+        ``read_dataset_config``'s docstring spells it in the singular, which NeMo ignores).
+        """
+        return [
+            {
+                "type": "nemo_tarred",
+                "manifest_filepath": d.manifest_filepath,
+                "tarred_audio_filepaths": d.tarred_audio_filepaths,
+                "weight": weight,
+                "tags": {SOURCE_TAG: index},
+            }
+            for index, (d, weight) in enumerate(zip(self.datasets, self.weights, strict=True))
+        ]
+
+    def bucket_duration_bins(self) -> list[float] | None:
+        """None: the bins in one source's metadata.yaml are not the mixture's."""
+        return None
+
+    def hours(self) -> float | None:
+        """Hours of audio of all the sources (None when one has no record of them)."""
+        hours = [d.hours() for d in self.datasets]
+        return None if any(h is None for h in hours) else sum(h for h in hours if h is not None)
+
+    def shard_hours(self, shard_ids: Iterable[int]) -> float:
+        total = 0.0
+        for shard_id in set(shard_ids):
+            dataset, local = self._locate(shard_id)
+            total += dataset.shard_hours([local])
+        return total
+
+    def tar_uri(self, shard_id: int) -> str:
+        dataset, local = self._locate(shard_id)
+        return dataset.tar_uri(local)
+
+
+def open_mixture(
+    sources: list[tuple[str, float]], local_dir: str, max_bad_shards: int = 0, temperature: float = 1.0
+) -> MixedDataset:
+    """Check every source of a mixture (:func:`open_tarred_dataset`) and describe the mixture.
+
+    Args:
+        sources: (tarred directory, weight) pairs, TARRED_DIR first.
+        local_dir: local scratch; source ``k`` (from 1) keeps its manifest copies in
+            ``local_dir/source_<k>``.
+        max_bad_shards: damaged shards the whole mixture may do without.
+        temperature: NeMo's ``reweight_temperature``.
+
+    Raises:
+        DataError: naming the source that cannot be used.
+    """
+    datasets = [
+        open_tarred_dataset(uri, local_dir if k == 0 else str(Path(local_dir, f"source_{k}")), max_bad_shards)
+        for k, (uri, _) in enumerate(sources)
+    ]
+    mixed = MixedDataset(tuple(datasets), tuple(float(w) for _, w in sources), temperature)
+    if len(mixed.bad_shards) > max_bad_shards:
+        listing = "; ".join(f"{b.uri}: {b.reason}" for b in mixed.bad_shards[:20])
+        raise BadShardsError(
+            f"{len(mixed.bad_shards)} damaged shard(s) in the mixture, --max-bad-shards allows "
+            f"{max_bad_shards}: {listing}"
+        )
+    return mixed
+
+
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as stream:
         return [json.loads(line) for line in stream if line.strip()]

@@ -29,6 +29,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from components import mixture
 from components.train.config import config_names
 from components.train.errors import TrainError
 
@@ -52,6 +53,8 @@ class Option:
         unset: the KFP value that stands for None (0, -1 or "").
         config_key: the config key the setting sets: it becomes the override ``KEY=VALUE``,
             ahead of the explicit overrides (which win).
+        repeat: a tuple given by repeating the option (``--mix A=1 --mix B=2``), one item
+            each, instead of one comma-separated value.
     """
 
     help: str
@@ -62,6 +65,7 @@ class Option:
     choices: tuple[str, ...] = ()
     unset: Any = None
     config_key: str = ""
+    repeat: bool = False
 
 
 def option(default: Any = dataclasses.MISSING, **how: Any) -> Any:
@@ -98,6 +102,13 @@ class DataSettings:
         help="Damaged shards (found before training, or unreadable during it) that training may do "
         "without; they are listed in the card. One more fails the run, naming the shard.",
     )
+    weight: float = option(1.0, metavar="W", help=mixture.WEIGHT_HELP)
+    mix: tuple[str, ...] = option((), repeat=True, metavar="DIR=WEIGHT", help=mixture.MIX_HELP)
+    mix_temperature: float = option(1.0, min=0, metavar="T", help=mixture.TEMPERATURE_HELP)
+
+    def sources(self) -> list[mixture.WeightedSource]:
+        """TARRED_DIR with --weight, then each --mix source: what the run trains on."""
+        return mixture.mixture_sources(self.tarred_dir, self.weight, self.mix)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -231,6 +242,11 @@ class TrainSettings(HardwareSettings, ModelSettings, RunSettings, DataSettings):
             raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
         if self.train_last_layers and not self.freeze_encoder:
             raise TrainError("--train-last-layers needs --freeze-encoder (the other layers train anyway)")
+        try:
+            self.sources()
+            mixture.check_temperature(self.mix_temperature)
+        except mixture.MixtureError as err:
+            raise TrainError(str(err)) from None
 
     @property
     def stall_timeout_s(self) -> float | None:
@@ -265,6 +281,9 @@ class TrainSettings(HardwareSettings, ModelSettings, RunSettings, DataSettings):
                 continue
             if value is True:
                 args.append(flag(field))
+            elif _option(field).repeat:
+                for item in value:
+                    args += [flag(field), _text(item)]
             elif value is not None and value != ():
                 args += [flag(field), _text(value)]
         for field in fields:
