@@ -42,6 +42,8 @@ class TrainCard(Card):
             all attempts: ``hours_seen``, ``utterances_seen`` and their shares of the totals.
             Empty for one dataset. ``bad_shards`` ids count the sources' shards in this order.
         mix_temperature: the reweighting temperature of a mixture (None for one dataset).
+        fine_tuning: a fine-tuning run's start (``--init-from``): ``init_from``, ``vocabulary``
+            and ``frozen`` (:func:`components.train.finetune.summary`); None when trained anew.
         bad_shards: damaged shards left out or skipped, with the reason and when.
         bad_shard_hours: their hours.
         skipped_utterances: utterances skipped inside readable shards.
@@ -71,6 +73,7 @@ class TrainCard(Card):
     dataset_hours: float | None
     mixture: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     mix_temperature: float | None = None
+    fine_tuning: dict[str, Any] | None = None
     bad_shards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     bad_shard_hours: float = 0.0
     skipped_utterances: int = 0

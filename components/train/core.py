@@ -357,15 +357,18 @@ def _model(
     if settings.freeze_encoder:
         finetune.freeze_encoder(model, settings.train_last_layers)
     if pretrained is not None:
-        fine_tuning = finetune.summary(
-            settings.init_from,
-            settings.tokenizer_dir,
-            settings.freeze_encoder,
-            settings.train_last_layers,
-            model,
-        )
+        fine_tuning = _fine_tuning(settings, model)
         log.info("fine-tuning %s", ", ".join(f"{key}: {value}" for key, value in fine_tuning.items()))
     return model
+
+
+def _fine_tuning(settings: TrainSettings, model: Any) -> dict[str, Any] | None:
+    """What a fine-tuning run started from (None when the model was trained anew)."""
+    if not settings.init_from:
+        return None
+    return finetune.summary(
+        settings.init_from, settings.tokenizer_dir, settings.freeze_encoder, settings.train_last_layers, model
+    )
 
 
 def _ignore_sigterm_while_finishing() -> None:
@@ -435,6 +438,7 @@ def _card(
         dataset_hours=dataset.hours(),
         mixture=_mixture_seen(settings, dataset, monitor),
         mix_temperature=settings.mix_temperature if settings.mix else None,
+        fine_tuning=_fine_tuning(settings, model),
         **data_health,
         accelerator=hardware.accelerator,
         devices=hardware.devices,

@@ -7,6 +7,7 @@ resolved by NeMo's ``ASRModel.from_pretrained`` and huggingface_hub's own cache 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -361,3 +362,8 @@ def test_fine_tuning_a_transducer_with_a_new_tokenizer_and_a_frozen_encoder(
     assert re.search(r"resuming from checkpoint \S+ \(step 1\)", retry.stderr)
     assert "gives the architecture; the weights come from the checkpoint" in retry.stderr
     assert output_classes(restored(run_dir / "model.nemo")) == 65
+    assert json.loads((run_dir / "card.json").read_text())["fine_tuning"] == {
+        "init_from": str(pretrained),
+        "vocabulary": f"new tokenizer {tokenizers[64]} (64 tokens; decoder trained anew)",
+        "frozen": "the encoder",
+    }
