@@ -8,6 +8,7 @@ library and kfp only at top level: compiling needs neither NeMo nor torch.
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 from kfp import compiler, dsl
 
@@ -62,10 +63,67 @@ MIXTURE_PARAMETERS = ("train_weight", "extra_train_sets", "mix_temperature")
 MIX_DATASET_LABEL = "mix"
 
 
+def _tarred_source(
+    source: Any,
+    config: Any,
+    split: Any,
+    revision: Any,
+    data_root: Any,
+    num_shards: Any,
+    shard_groups: Any,
+    seed: Any,
+    min_duration: Any,
+    max_duration: Any,
+    max_reject_fraction: Any,
+    dataset_label: str,
+) -> list:
+    """One training source's data steps: resolve-revision, download, its own write-shards
+    fan-out and merge. Returns the tasks, merge-shards last (its ``out_dir`` is the tarred
+    dataset).
+
+    The resolution is not cached: it resolves the revision to a commit SHA (or a content
+    hash). The download is cached and keyed by it, so on unchanged data every data step
+    after it is a cache hit (KFP 2.17's key holds input values and input artifact ids:
+    backend/src/v2/cacheutils/cache.go:173-229; a hit hands downstream the cached
+    execution's artifacts: backend/src/v2/driver/cache.go:56-80), and new data upstream makes
+    new keys all the way down; each source is so cached on its own.
+    """
+    resolved = resolve_revision(source=source, config=config, split=split, revision=revision)
+    placement.place_data_step(resolved, "resolve-revision", dataset_label, cache=False)
+    placement.use_hub_token(resolved)
+
+    raw = download(
+        source=source, config=config, split=split, revision=resolved.outputs["Output"], data_root=data_root
+    )
+    placement.place_data_step(raw, "download", dataset_label)
+    placement.use_hub_token(raw)
+
+    groups = plan_shard_groups(input_dir=raw.outputs["Output"], max_groups=shard_groups)
+    placement.place_data_step(groups, "plan-shard-groups", dataset_label)
+
+    with dsl.ParallelFor(groups.output) as group:
+        part = write_shard_group(
+            download_card=raw.outputs["card"],
+            group=group,
+            num_shards=num_shards,
+            seed=seed,
+            min_duration=min_duration,
+            max_duration=max_duration,
+        )
+        placement.place_data_step(part, "write-shards", dataset_label)
+
+    shards = merge_shards(
+        input_dir=raw.outputs["Output"],
+        group_cards=dsl.Collected(part.outputs["card"]),
+        max_reject_fraction=max_reject_fraction,
+    )
+    placement.place_data_step(shards, "merge-shards", dataset_label)
+    return [resolved, raw, groups, part, shards]
+
+
 def _prepare_source_pipeline(local: bool):
-    """The sub-pipeline that makes one more training source: download, its own write-shards
-    fan-out, merge, and its ``DIR=WEIGHT`` item for the mixture. Every step is keyed by
-    content under data_root (as the main source's are), so each source is cached on its own."""
+    """The sub-pipeline that makes one more training source (:func:`_tarred_source`) and its
+    ``DIR=WEIGHT`` item for the mixture."""
 
     def prepare_training_source(
         source: str,
@@ -82,40 +140,24 @@ def _prepare_source_pipeline(local: bool):
         max_reject_fraction: float,
     ) -> str:
         """One more training source, tarred, as the ``DIR=WEIGHT`` item of the mixture."""
-        resolved = resolve_revision(source=source, config=config, split=split, revision=revision)
-        placement.place_data_step(resolved, "resolve-revision", MIX_DATASET_LABEL, cache=False)
-        placement.use_hub_token(resolved)
-        raw = download(
-            source=source,
-            config=config,
-            split=split,
-            revision=resolved.outputs["Output"],
-            data_root=data_root,
+        tasks = _tarred_source(
+            source,
+            config,
+            split,
+            revision,
+            data_root,
+            num_shards,
+            shard_groups,
+            seed,
+            min_duration,
+            max_duration,
+            max_reject_fraction,
+            MIX_DATASET_LABEL,
         )
-        placement.place_data_step(raw, "download", MIX_DATASET_LABEL)
-        placement.use_hub_token(raw)
-        groups = plan_shard_groups(input_dir=raw.outputs["Output"], max_groups=shard_groups)
-        placement.place_data_step(groups, "plan-shard-groups", MIX_DATASET_LABEL)
-        with dsl.ParallelFor(groups.output) as group:
-            part = write_shard_group(
-                download_card=raw.outputs["card"],
-                group=group,
-                num_shards=num_shards,
-                seed=seed,
-                min_duration=min_duration,
-                max_duration=max_duration,
-            )
-            placement.place_data_step(part, "write-shards", MIX_DATASET_LABEL)
-        shards = merge_shards(
-            input_dir=raw.outputs["Output"],
-            group_cards=dsl.Collected(part.outputs["card"]),
-            max_reject_fraction=max_reject_fraction,
-        )
-        placement.place_data_step(shards, "merge-shards", MIX_DATASET_LABEL)
-        item = weigh_source(tarred_dir=shards.outputs["out_dir"], weight=weight)
+        item = weigh_source(tarred_dir=tasks[-1].outputs["out_dir"], weight=weight)
         placement.place_data_step(item, "weigh-source", MIX_DATASET_LABEL)
         if local:
-            for task in (resolved, raw, groups, part, shards, item):
+            for task in [*tasks, item]:
                 task.set_retry(0)
         return item.output
 
@@ -262,48 +304,21 @@ def build_pipeline(
         arguments = dict(locals())
         dataset_label = "train"
 
-        # Not cached: it resolves the revision to a commit SHA (or a content hash). The
-        # download is cached and keyed by it, so on unchanged data every data step after it
-        # is a cache hit (KFP 2.17's key holds input values and input artifact ids:
-        # backend/src/v2/cacheutils/cache.go:173-229; a hit hands downstream the cached
-        # execution's artifacts: backend/src/v2/driver/cache.go:56-80), and new data
-        # upstream makes new keys all the way down.
-        resolved = resolve_revision(
-            source=train_source, config=train_config, split=train_split, revision=revision
+        source_tasks = _tarred_source(
+            train_source,
+            train_config,
+            train_split,
+            revision,
+            data_root,
+            num_shards,
+            shard_groups,
+            seed,
+            min_duration,
+            max_duration,
+            max_reject_fraction,
+            dataset_label,
         )
-        placement.place_data_step(resolved, "resolve-revision", dataset_label, cache=False)
-        placement.use_hub_token(resolved)
-
-        raw = download(
-            source=train_source,
-            config=train_config,
-            split=train_split,
-            revision=resolved.outputs["Output"],
-            data_root=data_root,
-        )
-        placement.place_data_step(raw, "download", dataset_label)
-        placement.use_hub_token(raw)
-
-        groups = plan_shard_groups(input_dir=raw.outputs["Output"], max_groups=shard_groups)
-        placement.place_data_step(groups, "plan-shard-groups", dataset_label)
-
-        with dsl.ParallelFor(groups.output) as group:
-            part = write_shard_group(
-                download_card=raw.outputs["card"],
-                group=group,
-                num_shards=num_shards,
-                seed=seed,
-                min_duration=min_duration,
-                max_duration=max_duration,
-            )
-            placement.place_data_step(part, "write-shards", dataset_label)
-
-        shards = merge_shards(
-            input_dir=raw.outputs["Output"],
-            group_cards=dsl.Collected(part.outputs["card"]),
-            max_reject_fraction=max_reject_fraction,
-        )
-        placement.place_data_step(shards, "merge-shards", dataset_label)
+        shards = source_tasks[-1]
 
         mix_args: dict = {}
         if mixture:
@@ -404,11 +419,7 @@ def build_pipeline(
         placement.place_gpu_step(scores, "evaluate", gpu, 1, dataset_label, retry=placement.EVALUATE_RETRY)
         if local:
             tasks = (
-                resolved,
-                raw,
-                groups,
-                part,
-                shards,
+                *source_tasks,
                 bins,
                 tokenizer,
                 lm,
