@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # pip, without its notes about this machine's extra package indexes that have no such package
 pip_install = set -o pipefail; $(BIN)/python -m pip install -q $(1) 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: install test test-fast architecture demo lint bench bench-quality bench-finetune pretrained chaos corpus images images-local test-images demo-container lock clean
+.PHONY: install test test-fast architecture demo lint bench bench-quality bench-finetune bench-lm pretrained chaos corpus images images-local test-images demo-container lock clean
 
 install: $(STAMP)
 
@@ -64,6 +64,12 @@ bench-quality: install
 # scores 60 held-out ones before and after (about 12 min on two CPU cores).
 bench-finetune: install
 	$(BIN)/python -m tests.bench_finetune $(BENCH_ARGS)
+
+# WER and decoding speed of the shipped CTC model with and without a character n-gram LM
+# (alpha tuned on validation only): generates the model's own 1 h corpus first (reuses a
+# ready one: BENCH_ARGS="--workdir DIR"), then about a minute per order and beam.
+bench-lm: install
+	$(BIN)/python -m tests.bench_lm $(BENCH_ARGS)
 
 # Remakes tests/data/pretrained/small_espeak (the model the demo fine-tunes): about 70 min.
 pretrained: install

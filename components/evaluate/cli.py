@@ -57,7 +57,8 @@ from components.evaluate.lm import DEFAULT_ALPHA_GRID, DEFAULT_LM_ALPHA
     default=None,
     metavar="LM",
     help="An n-gram LM from `asrflow train-lm` (its output directory, or its lm.nemo / lm.arpa), "
-    "built with this model's tokenizer: each set is also scored by beam search with it.",
+    "built for this model's units (train-lm --tokenizer with its tokenizer, or --labels-from with a "
+    "character model): each set is also scored by beam search with it.",
 )
 @click.option(
     "--lm-alpha",

@@ -53,10 +53,10 @@ def evaluate(
         validation_set: the set training validated on (``NAME=MANIFEST``), scored first; an
             eval set of the same name is not scored twice. The LM weight is tuned on it.
         lm_dir: an n-gram LM: the output directory of train-lm (its lm.nemo is used) or the
-            lm.nemo / lm.arpa in it (what the train-lm component returns), built with this
-            model's tokenizer (checked against train-lm's card: another tokenizer fails the
-            step). Empty: no LM. With it, every set is also scored by beam search without and
-            with the LM.
+            lm.nemo / lm.arpa in it (what the train-lm component returns), built for this
+            model's units: its tokenizer, or a character model's labels (checked against
+            train-lm's card: other units fail the step). Empty: no LM. With it, every set is
+            also scored by beam search without and with the LM.
         lm_alpha: the LM weight (NeMo's ``ngram_lm_alpha``), unless tune_lm_alpha.
         beam_size: the beam of the beam searches; 0: 4 with an LM or key phrases, else no
             beam search.

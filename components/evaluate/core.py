@@ -294,7 +294,7 @@ def evaluate(
 def _lm_section(
     lm: LanguageModel | None, options: DecodingOptions, used: dict[str, Decoding], tuning: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The card's ``lm``: which LM, for which tokenizer, the weight used per decoding, the tuning."""
+    """The card's ``lm``: which LM, for which units, the weight used per decoding, the tuning."""
     if lm is None:
         return None
     return {
@@ -302,6 +302,7 @@ def _lm_section(
         "md5": lm.md5,
         "vocab_size": lm.vocab_size,
         "tokenizer": lm.tokenizer,
+        "labels_from": lm.labels_from,
         "beam_size": options.beam,
         "alpha": {key: d.lm_alpha for key, d in used.items() if d.lm is not None},
         "tuned": options.tune_lm_alpha,

@@ -44,8 +44,11 @@ class LanguageModel:
         uri: the file given (an ``lm.nemo`` or ``lm.arpa``, local or gs://).
         local_path: where NeMo reads it.
         md5: the file's MD5 (which LM made a set's hypotheses, for resume).
-        vocab_size: the tokenizer vocabulary it was built for.
-        tokenizer: the tokenizer its train-lm card names ("" when the file has no card).
+        vocab_size: the number of units it was built for (the model's output ids without blank).
+        tokenizer: the tokenizer its train-lm card names ("" for a character model's labels).
+        labels: the character model's labels it was built for (None: a tokenizer's pieces).
+        labels_from: the .nemo or config those labels were read from.
+        units_digest: the digest of its units (train-lm's card; "" in older cards).
     """
 
     uri: str
@@ -53,6 +56,9 @@ class LanguageModel:
     md5: str
     vocab_size: int
     tokenizer: str
+    labels: tuple[str, ...] | None = None
+    labels_from: str = ""
+    units_digest: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The n-gram LM and the key phrases a beam search can take, checked against the model.
 
 The LM is what ``asrflow train-lm`` writes: a directory with ``lm.nemo``, ``lm.arpa`` and
-``card.json``, or one of those files beside its card. It is token-level: its symbols are the
-ids of the tokenizer it was built for, so an LM of another tokenizer would score nonsense
-without any error from NeMo. It is used only when its card's tokenizer is the model's (the
-same pieces in the same order) or, when that tokenizer file cannot be read any more, at least
-of the same size (with a warning).
+``card.json``, or one of those files beside its card. Its symbols are the model's output ids:
+a sub-word model's tokenizer pieces or a character model's labels, so an LM of other units
+would score nonsense without any error from NeMo. It is used only when its card's units are
+the model's, the same pieces or labels in the same order (by the card's digest of them, or by
+the tokenizer file it names; a card older than the digest whose tokenizer file cannot be read
+any more is taken at the same size, with a warning).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from components.evaluate.errors import EvaluateError
 from components.evaluate.model import ModelRunner
 from components.evaluate.results import SetResult, evaluate_set
 from components.evaluate.sets import EvalSet, Utterance
+from components.lm.card import units_digest
 from components.manifest import normalize_text
 
 log = logging.getLogger("asrflow.evaluate")
@@ -78,6 +80,9 @@ def resolve_lm(uri: str, staging_dir: str) -> LanguageModel:
         md5=storage.file_md5(local),
         vocab_size=card.vocab_size,
         tokenizer=card.tokenizer,
+        labels=tuple(card.labels) if card.labels is not None else None,
+        labels_from=card.labels_from,
+        units_digest=card.units_digest,
     )
 
 
@@ -91,20 +96,35 @@ def _tokenizer_pieces(uri: str) -> tuple[str, ...] | None:
     return tuple(processor.id_to_piece(i) for i in range(processor.get_piece_size()))
 
 
+def _built_for(lm: LanguageModel) -> str:
+    if lm.labels is not None:
+        return f"--lm {lm.uri} was built for the {lm.vocab_size} labels of {lm.labels_from}"
+    return f"--lm {lm.uri} was built for the tokenizer {lm.tokenizer} ({lm.vocab_size} tokens)"
+
+
 def check_lm_fits(lm: LanguageModel, info: ModelInfo, model_uri: str) -> None:
-    """Raise unless the LM was built for the model's tokenizer.
+    """Raise unless the LM was built for the model's units: its tokenizer's pieces or its labels.
 
     Raises:
-        EvaluateError: a character model (no tokenizer), another vocabulary size, or another
-            tokenizer of the same size; the message names the LM, its tokenizer and the model.
+        EvaluateError: units of the other kind (an LM of a tokenizer for a character model or
+            the other way round), another number of units, or other units of the same number;
+            the message names the LM, what it was built for, the model and the first difference.
     """
-    built_for = f"--lm {lm.uri} was built for the tokenizer {lm.tokenizer} ({lm.vocab_size} tokens)"
+    built_for = _built_for(lm)
     if info.tokenizer_pieces is None:
-        raise EvaluateError(
-            f"{built_for}, but {model_uri} is a character model ({info.vocab_size} labels, no "
-            "tokenizer); an n-gram LM for it needs a sub-word (BPE) model"
-        )
+        if lm.labels is None:
+            raise EvaluateError(
+                f"{built_for}, but {model_uri} is a character model ({info.vocab_size} labels, no "
+                "tokenizer); build its LM from its labels (asrflow train-lm --labels-from MODEL.nemo)"
+            )
+        _check_same_units(built_for, lm.labels, info.labels or (), "labels", model_uri, "--labels-from")
+        return
     pieces = info.tokenizer_pieces
+    if lm.labels is not None:
+        raise EvaluateError(
+            f"{built_for}, but {model_uri} is a sub-word model (a tokenizer of {len(pieces)} tokens); "
+            "build its LM with its tokenizer (asrflow train-lm --tokenizer)"
+        )
     if lm.vocab_size != len(pieces):
         raise EvaluateError(
             f"{built_for}, but {model_uri} has a tokenizer of {len(pieces)} tokens; "
@@ -112,6 +132,13 @@ def check_lm_fits(lm: LanguageModel, info: ModelInfo, model_uri: str) -> None:
         )
     lm_pieces = _tokenizer_pieces(lm.tokenizer)
     if lm_pieces is None:
+        if lm.units_digest:
+            if lm.units_digest != units_digest(pieces):
+                raise EvaluateError(
+                    f"{built_for}, but {model_uri} has another tokenizer of the same size (their "
+                    "digests differ); build the LM with the model's tokenizer (asrflow train-lm --tokenizer)"
+                )
+            return
         log.warning(
             "evaluate: cannot read %s to compare it with the model's tokenizer; "
             "the LM is used because its vocabulary size (%d) is the model's",
@@ -119,13 +146,29 @@ def check_lm_fits(lm: LanguageModel, info: ModelInfo, model_uri: str) -> None:
             lm.vocab_size,
         )
         return
-    if lm_pieces != pieces:
-        first = next(i for i, (a, b) in enumerate(zip(lm_pieces, pieces, strict=True)) if a != b)
-        raise EvaluateError(
-            f"{built_for}, but {model_uri} has another tokenizer of the same size (token {first} is "
-            f"{lm_pieces[first]!r} in the LM's, {pieces[first]!r} in the model's); "
-            "build the LM with the model's tokenizer (asrflow train-lm --tokenizer)"
-        )
+    _check_same_units(built_for, lm_pieces, pieces, "tokenizer", model_uri, "--tokenizer")
+
+
+def _check_same_units(
+    built_for: str,
+    lm_units: Sequence[str],
+    model_units: Sequence[str],
+    kind: str,
+    model_uri: str,
+    option: str,
+) -> None:
+    """Raise unless the LM's units are the model's, in the same order; name the first difference."""
+    if tuple(lm_units) == tuple(model_units):
+        return
+    fix = f"build the LM for the model (asrflow train-lm {option})"
+    if len(lm_units) != len(model_units):
+        raise EvaluateError(f"{built_for}, but {model_uri} has {len(model_units)} {kind}; {fix}")
+    first = next(i for i, (a, b) in enumerate(zip(lm_units, model_units, strict=True)) if a != b)
+    what = "another tokenizer of the same size" if kind == "tokenizer" else "other labels, as many"
+    raise EvaluateError(
+        f"{built_for}, but {model_uri} has {what} (token {first} is {lm_units[first]!r} in the "
+        f"LM's, {model_units[first]!r} in the model's); {fix}"
+    )
 
 
 def read_boost_phrases(uri: str, info: ModelInfo) -> tuple[str, ...]:

@@ -103,11 +103,14 @@ def _decodings_section(
 
 
 def _lm_section(lm: Mapping[str, Any], boost: Mapping[str, Any] | None) -> list[str]:
+    if lm.get("labels_from"):
+        built_for = f"the {lm['vocab_size']} labels of `{lm['labels_from']}`"
+    else:
+        built_for = f"the tokenizer `{lm['tokenizer']}` ({lm['vocab_size']} tokens)"
     lines = [
         "## Language model",
         "",
-        f"`{lm['uri']}`, built for the tokenizer `{lm['tokenizer']}` ({lm['vocab_size']} tokens), "
-        f"beam {lm['beam_size']}.",
+        f"`{lm['uri']}`, built for {built_for}, beam {lm['beam_size']}.",
         "",
     ]
     for key, record in (lm.get("tuning") or {}).items():

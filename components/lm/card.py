@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
 from typing import ClassVar
 
 from components.cards import Card
 from components.lm import settings
+from components.lm.settings import LABELS, TOKENIZER
+
+
+def units_digest(symbols: Sequence[str]) -> str:
+    """The digest of a vocabulary in id order: equal digests, the same units."""
+    return hashlib.sha256(json.dumps(list(symbols), ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclasses.dataclass
 class LmCard(Card):
-    """An n-gram language model over a dataset's normalised text, at the tokenizer's level.
+    """An n-gram language model over a dataset's normalised text, in the ASR model's units.
+
+    The units are a sub-word model's tokenizer pieces (``tokenizer``) or a character model's
+    labels (``labels``); an LM decodes only a model of the same units (``units_digest``).
 
     Attributes:
         out_dir: the step's directory (the ARPA file, the .nemo n-gram, card.json).
         arpa: the ARPA file (tokens written as ``chr(id + token_offset)``).
         nemo: NeMo's ``.nemo`` n-gram of the same model: decoding's ``ngram_lm_model``.
         sources: the manifests read, in order.
-        tokenizer: the SentencePiece model the text was cut with.
-        vocab_size: its vocabulary size (the ASR model's labels without blank).
+        tokenizer: the SentencePiece model the text was cut with ("" for a character model's labels).
+        vocab_size: the number of units (the ASR model's output ids without blank).
         token_offset: the offset of the token characters (NeMo's ``DEFAULT_TOKEN_OFFSET``).
         order: the n-gram order.
         smoothing: the estimation method.
@@ -37,6 +49,11 @@ class LmCard(Card):
         rejected: manifest lines that could not be read.
         rejects_by_reason: those lines by reason.
         rejects: rejects.jsonl when any line was rejected, else None.
+        labels: the character model's labels the text was spelled with, in id order (None
+            for a tokenizer's pieces).
+        labels_from: the .nemo or config YAML they were read from ("" for a tokenizer).
+        units_digest: :func:`units_digest` of the pieces or labels ("" in cards written
+            before it was recorded).
     """
 
     STEP: ClassVar[str] = settings.STEP
@@ -61,3 +78,11 @@ class LmCard(Card):
     rejected: int
     rejects_by_reason: dict[str, int]
     rejects: str | None
+    labels: list[str] | None = None
+    labels_from: str = ""
+    units_digest: str = ""
+
+    @property
+    def units(self) -> str:
+        """``labels`` or ``tokenizer``: what the LM's tokens are."""
+        return LABELS if self.labels is not None else TOKENIZER

@@ -1,10 +1,12 @@
 """train-lm: an n-gram language model over a dataset's text, for NeMo's n-gram fusion.
 
 Reads the texts of NeMo manifests or tarred datasets (their manifests only, never the
-audio), applies the shared normalisation, cuts them with the tokenizer the ASR model uses,
-holds out about one utterance in ``heldout_every`` (by a hash of its text), and estimates
-an interpolated modified Kneser-Ney model (:mod:`components.lm.kneser_ney`) at the token
-level on the rest. Writes, under the output directory (local or gs://):
+audio), applies the shared normalisation, cuts them into the ASR model's units
+(:mod:`components.lm.units`: a sub-word model's tokenizer pieces, or a character model's
+labels, one a character), holds out about one utterance in ``heldout_every`` (by a hash of
+its text), and estimates an interpolated modified Kneser-Ney model
+(:mod:`components.lm.kneser_ney`) over those units on the rest. Writes, under the output
+directory (local or gs://):
 
 - ``lm.arpa``: the model as a token-level ARPA file (:mod:`components.lm.arpa`);
 - ``lm.nemo``: the same model as NeMo's ``NGramGPULanguageModel``, which loads fastest;
@@ -12,7 +14,7 @@ level on the rest. Writes, under the output directory (local or gs://):
   ``malsd_batch``/``maes_batch``), with ``ngram_lm_alpha`` as its weight;
 - ``card.json`` with the counts and the held-out perplexity, and ``_SUCCESS`` last.
 
-The same text, tokenizer and settings give byte-identical files.
+The same text, units and settings give byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,22 +35,26 @@ from components.lm.errors import LmError
 from components.lm.settings import (
     ARPA_NAME,
     DEFAULT_HELDOUT_EVERY,
-    DEFAULT_ORDER,
+    LABELS,
     NEMO_NAME,
     STEP,
+    TOKENIZER,
+    default_order,
 )
+from components.lm.units import Units, label_units, tokenizer_units
 from components.manifest import DEFAULT_MAX_REJECT_FRACTION, Rejects
 
 log = logging.getLogger("asrflow.train_lm")
 
 
-def lm_key(sources: Sequence[str], tokenizer: str, order: int, heldout_every: int) -> str:
+def lm_key(sources: Sequence[str], units: str, order: int, heldout_every: int) -> str:
     """The pipeline's name for an LM: a digest of what it is made from.
 
-    The DAG's sources (tarred dataset directories) and tokenizer directory are themselves
-    keyed by their content, so equal names mean equal models.
+    ``units`` is the tokenizer directory, or ``labels:<digest>`` of a character model's
+    labels. The DAG's sources (tarred dataset directories) and tokenizer directory are
+    themselves keyed by their content, so equal names mean equal models.
     """
-    what = json.dumps([list(sources), tokenizer, order, heldout_every])
+    what = json.dumps([list(sources), units, order, heldout_every])
     return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
@@ -58,34 +64,46 @@ def lm_for_pipeline(
     data_root: str,
     order: int,
     heldout_every: int = DEFAULT_HELDOUT_EVERY,
+    labels_from: str = "",
 ) -> tuple[str, dict[str, Any]]:
-    """The pipeline's LM step: ``DATA_ROOT/lms/<key>/lm.nemo``, trained once per text and settings.
+    """The pipeline's LM step: ``DATA_ROOT/lms/<key>/lm.nemo``, trained once per text, units and settings.
 
-    No LM ("" and why) for ``order`` 0 (the pipeline's default) or without a tokenizer (a
-    character model: NeMo's n-gram fusion works on sub-word tokens).
+    The units are the tokenizer's (a sub-word model) or, without one, the labels of
+    ``labels_from`` (a character model's .nemo or config YAML). No LM ("" and why) for
+    ``order`` 0 (the pipeline's default) or with neither.
 
     Returns:
         The lm.nemo URI ("" for none), and the card (or why there is none) as a dict.
     """
     if order == 0:
         return "", {"step": STEP, "lm": None, "reason": "lm_order 0: no language model"}
-    if not tokenizer:
+    if not tokenizer and not labels_from:
         return "", {
             "step": STEP,
             "lm": None,
-            "reason": "no tokenizer: a character model decodes without an LM",
+            "reason": "no tokenizer and no labels: a character model decodes without an LM",
         }
-    out_dir = layout.lm_dir(data_root, lm_key(sources, tokenizer, order, heldout_every))
+    units = tokenizer or f"{LABELS}:{label_units(labels_from).digest}"
+    out_dir = layout.lm_dir(data_root, lm_key(sources, units, order, heldout_every))
     if storage.is_complete(out_dir):
-        log.info("%s is complete (same text, tokenizer and settings): nothing to do", out_dir)
+        log.info("%s is complete (same text, units and settings): nothing to do", out_dir)
         card = LmCard.read(out_dir)
     else:
-        card = train_lm(sources, tokenizer, out_dir, order=order, heldout_every=heldout_every)
+        card = train_lm(
+            sources, tokenizer, out_dir, order=order, heldout_every=heldout_every, labels_from=labels_from
+        )
     return card.nemo, card.to_dict()
 
 
-def check_settings(sources: Sequence[str], order: int, heldout_every: int) -> None:
+def check_settings(
+    sources: Sequence[str], order: int, heldout_every: int, tokenizer: str = "x", labels_from: str = ""
+) -> None:
     """Raise :class:`LmError` for settings no model can come from."""
+    if bool(tokenizer) == bool(labels_from):
+        raise LmError(
+            f"{STEP}: give the ASR model's units: --tokenizer (a sub-word model's tokenizer) or "
+            "--labels-from (a character model's .nemo or config), one of them"
+        )
     if not sources:
         raise LmError(f"{STEP}: give at least one SOURCE (a manifest or a tarred dataset directory)")
     if order < 2:
@@ -98,35 +116,39 @@ def train_lm(
     sources: Sequence[str],
     tokenizer: str,
     out_dir: str,
-    order: int = DEFAULT_ORDER,
+    order: int | None = None,
     heldout_every: int = DEFAULT_HELDOUT_EVERY,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    labels_from: str = "",
 ) -> LmCard:
     """Estimate the model and write ``lm.arpa``, ``lm.nemo``, ``card.json`` and ``_SUCCESS``.
 
     Args:
         sources: NeMo manifests and tarred dataset directories (local or gs://), read in order.
-        tokenizer: a train-tokenizer output directory (its ``tokenizer.model``) or a ``.model`` file.
+        tokenizer: a train-tokenizer output directory (its ``tokenizer.model``) or a ``.model``
+            file, for a sub-word model; "" with ``labels_from``.
         out_dir: the output directory (local or gs://); an earlier train-lm output is replaced.
-        order: the n-gram order (at least 2).
+        order: the n-gram order (at least 2); None: :func:`settings.default_order` of the units.
         heldout_every: hold out about one utterance in this many for the perplexity; 0: none.
-        max_reject_fraction: fail when more manifest lines than this are unreadable.
+        max_reject_fraction: fail when more manifest lines than this are unreadable (or, for
+            labels, hold a character the labels lack).
+        labels_from: a character model's .nemo or config YAML, whose labels are the units.
 
     Returns:
         The card (also written as ``card.json``).
 
     Raises:
-        LmError: a source, the tokenizer or a setting is unusable; the message names it.
+        LmError: a source, the units or a setting is unusable; the message names it.
     """
-    check_settings(sources, order, heldout_every)
+    order = default_order(LABELS if labels_from else TOKENIZER) if order is None else order
+    check_settings(sources, order, heldout_every, tokenizer, labels_from)
     out_dir = out_dir.rstrip("/")
     manifests = [uri for source in sources for uri in text.manifest_uris(source)]
-    tokenizer_uri = text.tokenizer_model_uri(tokenizer)
-    processor = text.load_tokenizer(tokenizer_uri)
+    units = label_units(labels_from) if labels_from else tokenizer_units(tokenizer)
     with outputs.locked(outputs.lock_uri(out_dir), STEP):
         outputs.claim_output(out_dir, STEP)
         storage.delete(storage.join(out_dir, SUCCESS_MARKER))  # a rerun: not complete until done again
-        card = _train(manifests, processor, tokenizer_uri, out_dir, order, heldout_every, max_reject_fraction)
+        card = _train(manifests, units, out_dir, order, heldout_every, max_reject_fraction)
         card.write(echo=False)
         storage.mark_complete(out_dir)
     return card
@@ -134,32 +156,31 @@ def train_lm(
 
 def _train(
     manifests: list[str],
-    processor: Any,
-    tokenizer_uri: str,
+    units: Units,
     out_dir: str,
     order: int,
     heldout_every: int,
     max_reject_fraction: float,
 ) -> LmCard:
     rejects = Rejects()
-    texts, empty = text.read_texts(manifests, rejects)
+    texts, empty = text.read_texts(manifests, rejects, units.missing)
     rejects.check(len(texts) + empty, max_reject_fraction, STEP)
     training, heldout = text.split_heldout(texts, heldout_every)
     if not training:
         raise LmError(f"{STEP}: no text to learn from in {', '.join(manifests)}")
-    vocab_size = int(processor.get_piece_size())
+    vocab_size = units.vocab_size
     if vocab_size > arpa.MAX_VOCAB_SIZE:
         limit = arpa.MAX_VOCAB_SIZE
-        raise LmError(f"{tokenizer_uri}: {vocab_size} tokens; NeMo's n-gram files hold at most {limit}")
-    training_ids = text.encode(processor, training, "training")
-    heldout_ids = text.encode(processor, heldout, "held-out")
+        raise LmError(f"{units.source}: {vocab_size} tokens; NeMo's n-gram files hold at most {limit}")
+    training_ids = units.encode(training, "training")
+    heldout_ids = units.encode(heldout, "held-out")
     log.info(
-        "%s: estimating a %d-gram over %d utterances (%d tokens), vocabulary %d",
+        "%s: estimating a %d-gram over %d utterances (%d tokens) in %s",
         STEP,
         order,
         len(training_ids),
         training_ids.num_tokens,
-        vocab_size,
+        units.describe(),
     )
     try:
         model = kneser_ney.estimate(training_ids, vocab_size, order)
@@ -184,7 +205,7 @@ def _train(
         arpa=arpa_uri,
         nemo=nemo_uri,
         sources=manifests,
-        tokenizer=tokenizer_uri,
+        tokenizer=units.source if units.kind != LABELS else "",
         vocab_size=vocab_size,
         token_offset=arpa.TOKEN_OFFSET,
         order=order,
@@ -202,6 +223,9 @@ def _train(
         rejected=len(rejects),
         rejects_by_reason=rejects.counts(),
         rejects=rejects_uri,
+        labels=list(units.symbols) if units.kind == LABELS else None,
+        labels_from=units.source if units.kind == LABELS else "",
+        units_digest=units.digest,
     )
 
 
@@ -229,9 +253,14 @@ def write_model(model: kneser_ney.NgramModel, out_dir: str) -> tuple[str, str]:
 
 def summary_lines(card: LmCard) -> Iterator[str]:
     """What a person reads first: the model's size and its held-out perplexity."""
+    built_for = (
+        f"the {card.vocab_size} labels of {card.labels_from}"
+        if card.units == LABELS
+        else f"the tokenizer {card.tokenizer} ({card.vocab_size} pieces)"
+    )
     yield (
         f"{card.order}-gram ({card.smoothing}) over {card.utterances:,} utterances, "
-        f"{card.tokens:,} tokens; vocabulary {card.vocab_size}"
+        f"{card.tokens:,} tokens, in {built_for}"
     )
     yield "n-grams per order: " + " / ".join(f"{count:,}" for count in card.ngrams)
     if card.heldout_perplexity is None:
@@ -241,6 +270,9 @@ def summary_lines(card: LmCard) -> Iterator[str]:
             f"held-out perplexity: {card.heldout_perplexity:.2f} per token on {card.heldout_utterances:,} "
             f"utterances ({card.heldout_tokens:,} tokens)"
         )
+    if card.rejected:
+        reasons = ", ".join(f"{reason}: {count:,}" for reason, count in card.rejects_by_reason.items())
+        yield f"rejected: {card.rejected:,} manifest lines ({reasons}); see {card.rejects}"
     if card.discount_fallback:
         orders = ", ".join(map(str, card.discount_fallback))
         yield f"fallback discounts (too little text) for order(s): {orders}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ from components.progress import Progress
 
 TOKENIZER_MODEL_NAME = layout.TOKENIZER_MODEL_NAME
 """The SentencePiece model in a train-tokenizer output directory."""
+NOT_IN_LABELS = "not_in_labels"
+"""The reject reason of a text with a character a character model's labels lack."""
 ENCODE_BATCH = 10_000
 """Texts handed to SentencePiece at once (it encodes a batch on several threads)."""
 
@@ -44,10 +46,13 @@ def manifest_uris(source: str) -> list[str]:
     return sharded
 
 
-def read_texts(uris: Sequence[str], rejects: Rejects) -> tuple[list[str], int]:
+def read_texts(
+    uris: Sequence[str], rejects: Rejects, missing: Callable[[str], str] | None = None
+) -> tuple[list[str], int]:
     """The normalised texts of the manifests in order, and how many were empty (left out).
 
-    Lines that are not valid manifest lines go to ``rejects``.
+    Lines that are not valid manifest lines go to ``rejects``; so do texts with units the LM
+    cannot spell: ``missing(text)`` names them (a character model's labels lack them).
     """
     texts: list[str] = []
     empty = 0
@@ -59,7 +64,11 @@ def read_texts(uris: Sequence[str], rejects: Rejects) -> tuple[list[str], int]:
                 rejects.add(f"{uri}:{line_number}", uri, "bad_manifest_line", str(entry))
                 continue
             text = normalize_text(entry["text"])
-            if text:
+            lacking = missing(text) if missing is not None and text else ""
+            if lacking:
+                detail = f"{text!r}: {', '.join(map(repr, lacking))} not among the labels"
+                rejects.add(f"{uri}:{line_number}", uri, NOT_IN_LABELS, detail)
+            elif text:
                 texts.append(text)
             else:
                 empty += 1

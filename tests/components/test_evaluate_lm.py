@@ -296,3 +296,93 @@ def test_alpha_grid() -> None:
         parse_alpha_grid("a,b")
     with pytest.raises(EvaluateError, match="each at least 0"):
         parse_alpha_grid("-1")
+
+
+# --- a character model: an LM of its labels --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def char_model() -> Path:
+    """The shipped pretrained character Conformer-CTC (tests/data/pretrained/small_espeak)."""
+    from pipelines.local_run import PRETRAINED_MODEL
+
+    return PRETRAINED_MODEL
+
+
+@pytest.fixture(scope="module")
+def char_lm_dir(
+    bundled_eval_manifest: Path, char_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A 6-gram of the model's labels over the bundled validation text (train-lm --labels-from)."""
+    from components.lm.core import train_lm
+
+    out = tmp_path_factory.mktemp("char-lm") / "lm"
+    train_lm([str(bundled_eval_manifest)], "", str(out), order=6, labels_from=str(char_model))
+    return out
+
+
+def test_a_character_model_decodes_with_an_lm_of_its_labels(
+    char_model: Path, char_lm_dir: Path, sets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    card = run(
+        char_model,
+        {"dev": sets["dev"]},
+        out,
+        lm=str(char_lm_dir),
+        tune_lm_alpha=True,
+        lm_alpha_grid=(0.0, 1.0),
+        validation_set="dev",
+        beam_size=4,
+    )
+    assert list(card["decodings"]) == ["ctc_greedy", "ctc_beam", "ctc_beam_lm"]
+    assert card["lm"]["labels_from"] == str(char_model) and card["lm"]["vocab_size"] == 38
+
+    def tuned(alpha: str) -> list[str]:
+        hypotheses = out / "dev" / "ctc_beam_lm_tuning" / f"alpha-{alpha}" / "hypotheses.jsonl"
+        return [json.loads(line)["pred_text"] for line in hypotheses.read_text().splitlines()]
+
+    # the LM loaded and fused with weight 0: the beam search's own hypotheses
+    assert tuned("0") == predictions(card, "dev", "ctc_beam")
+    # the LM knows these very sentences: it helps only if NeMo reads its ids as the labels
+    wer = {item["alpha"]: item["wer"] for item in card["lm"]["tuning"]["ctc_beam_lm"]["grid"]}
+    assert wer[1.0] < wer[0.0] == card["sets"]["dev"]["decodings"]["ctc_beam"]["wer"]
+    assert card["lm"]["alpha"] == {"ctc_beam_lm": 1.0} and tuned("1") == predictions(
+        card, "dev", "ctc_beam_lm"
+    )
+    report = (out / "report.md").read_text()
+    assert f"`{char_lm_dir / 'lm.nemo'}`, built for the 38 labels of `{char_model}`, beam 4." in report
+
+
+def test_an_lm_of_other_units_is_refused_for_a_character_model(
+    char_model: Path,
+    char_lm_dir: Path,
+    ctc_model: Path,
+    bundled_eval_manifest: Path,
+    sets: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    from components.lm.core import train_lm
+    from components.train.config import load_config
+
+    def labels_lm(name: str, labels: list[str]) -> Path:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(json.dumps({"model": {"labels": labels}}))
+        train_lm([str(bundled_eval_manifest)], "", str(tmp_path / name), order=2, labels_from=str(config))
+        return tmp_path / name
+
+    labels = list(load_config("small").model.labels)
+    out = tmp_path / "out"
+    swapped = labels_lm("swapped", [labels[0], labels[2], labels[1], *labels[3:]])
+    with pytest.raises(
+        EvaluateError, match=r"has other labels, as many \(token 1 is 'b' in the LM's, 'a' in"
+    ):
+        run(char_model, sets, out, lm=str(swapped))
+    fewer = labels_lm("fewer", labels[:28])  # no digits
+    with pytest.raises(
+        EvaluateError, match=rf"built for the 28 labels of .*, but {char_model} has 38 labels"
+    ):
+        run(char_model, sets, out, lm=str(fewer))
+    with pytest.raises(EvaluateError, match=f"but {ctc_model} is a sub-word model"):
+        run(ctc_model, sets, out, lm=str(char_lm_dir))
+    assert not (out / "card.json").exists()

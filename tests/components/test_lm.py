@@ -9,6 +9,7 @@ import inspect
 import json
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -20,7 +21,7 @@ from click.testing import CliRunner, Result
 
 from components import storage
 from components.lm import arpa, core, kneser_ney, settings, text
-from components.lm.card import LmCard
+from components.lm.card import LmCard, units_digest
 from components.lm.errors import LmError
 from components.lm.kneser_ney import Discounts, NgramModel, Sentences, estimate
 from components.manifest import RejectThresholdExceeded
@@ -486,4 +487,131 @@ def test_the_pipelines_lm_step_is_keyed_by_what_it_is_made_from(data: Path, tmp_
     assert Path(other).parent != Path(nemo).parent and Path(other).exists()
     assert core.lm_for_pipeline(sources, tokenizer, root, order=0)[0] == ""
     none, why = core.lm_for_pipeline(sources, "", root, order=3)
-    assert none == "" and "character model" in why["reason"]
+    assert none == "" and "no tokenizer and no labels" in why["reason"]
+
+
+# --- a character model's labels ------------------------------------------------------------
+
+LABELS = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
+"""A character model's labels (conformer_ctc_char's without the digits)."""
+
+
+def labels_yaml(path: Path, labels: Sequence[str], **more: object) -> Path:
+    path.write_text(json.dumps({"model": {"labels": list(labels), **more}}), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def test_label_units_from_a_model_or_its_config(tmp_path: Path) -> None:
+    from components.lm import units
+    from components.train.config import load_config
+    from pipelines.local_run import PRETRAINED_MODEL
+
+    shipped = units.label_units(str(PRETRAINED_MODEL))  # the model's config, read from its archive
+    assert shipped.kind == settings.LABELS and shipped.source == str(PRETRAINED_MODEL)
+    assert shipped.symbols == tuple(load_config("small").model.labels)
+    conf = Path(__file__).parents[2] / "components" / "train" / "conf"
+    assert units.label_units(str(conf / "conformer_ctc_char.yaml")).digest == shipped.digest
+    assert units.label_units(str(labels_yaml(tmp_path / "l.yaml", LABELS))).symbols == tuple(LABELS)
+    assert (
+        shipped.missing("it's 42 € at the café") == "€é"
+        and units.Units("labels", "x", ("a", " ")).missing("ab a") == "b"
+    )
+
+    def error(source: Path | str) -> str:
+        with pytest.raises(LmError) as err:
+            units.label_units(str(source))
+        return str(err.value)
+
+    assert error(tmp_path / "none.nemo") == f"--labels-from {tmp_path / 'none.nemo'}: no such file"
+    assert "give a character model's .nemo or its config" in error(tmp_path / "labels.txt")
+    assert "its _base_ holds them" in error(conf / "small.yaml")
+    bpe = labels_yaml(tmp_path / "bpe.yaml", [], tokenizer={"dir": "tok", "type": "bpe"})
+    assert "a sub-word model (it has a tokenizer); build its LM with --tokenizer" in error(bpe)
+    assert "label 1 ('ab') is not one character" in error(labels_yaml(tmp_path / "ab.yaml", ["a", "ab"]))
+    assert "a label appears twice" in error(labels_yaml(tmp_path / "twice.yaml", ["a", "b", "a"]))
+    (tmp_path / "garbage.nemo").write_bytes(b"not a tar")
+    assert "not a .nemo archive (no model_config.yaml in it)" in error(tmp_path / "garbage.nemo")
+
+
+@pytest.fixture(scope="module")
+def char_lm(data: Path, tmp_path_factory: pytest.TempPathFactory) -> LmCard:
+    """A character LM over the sources of ``trained`` plus texts with characters the labels lack."""
+    root = tmp_path_factory.mktemp("char-lm")
+    odd = root / "odd.json"
+    odd.write_text(manifest_lines(["Le café", "Room 101", "fine words"]), encoding="utf-8")
+    sources = [str(data / "train.json"), str(data / "tarred"), str(data / "sharded"), str(odd)]
+    labels = labels_yaml(root / "labels.yaml", LABELS)
+    return core.train_lm(sources, "", str(root / "lm"), heldout_every=5, labels_from=str(labels))
+
+
+def test_char_lm_card_rejects_and_nemo_scores(data: Path, char_lm: LmCard) -> None:
+    from nemo.collections.asr.parts.submodules.ngram_lm import NGramGPULanguageModel
+
+    assert char_lm.order == settings.DEFAULT_LABEL_ORDER and char_lm.units == settings.LABELS
+    assert (char_lm.labels, char_lm.tokenizer, char_lm.vocab_size) == (LABELS, "", len(LABELS))
+    assert char_lm.labels_from.endswith("labels.yaml")
+    assert char_lm.units_digest == units_digest(LABELS)
+    assert (char_lm.rejected, char_lm.rejects_by_reason) == (2, {text.NOT_IN_LABELS: 2})
+    rejected = [json.loads(line) for line in Path(char_lm.rejects).read_text().splitlines()]
+    assert [r["id"].rsplit(":", 1)[1] for r in rejected] == ["1", "2"]
+    assert rejected[0]["detail"] == "'le café': 'é' not among the labels"
+    texts = [*all_texts(data), "fine words"]
+    training, heldout = text.split_heldout(texts, 5)
+    assert (char_lm.utterances, char_lm.tokens) == (len(training), sum(map(len, training)))
+    assert char_lm.ngrams[0] == len(LABELS) + 2
+    # NeMo reads the labels' ids as we wrote them: its scores give the card's perplexity
+    ids = [[LABELS.index(c) for c in t] for t in heldout]
+    lm = NGramGPULanguageModel.from_file(char_lm.nemo, vocab_size=len(LABELS))
+    assert char_lm.heldout_perplexity == pytest.approx(math.exp(-nemo_scores(lm, ids).mean()), rel=1e-4)
+    assert 1 < char_lm.heldout_perplexity < 6  # letters of English words, far below 28
+
+
+def test_char_lm_reruns_give_the_same_bytes(data: Path, char_lm: LmCard, tmp_path: Path) -> None:
+    sources = char_lm.sources[::-1]  # the same manifests in another order
+    again = core.train_lm(
+        sources, "", str(tmp_path / "again"), heldout_every=5, labels_from=char_lm.labels_from
+    )
+    for name in ("lm.arpa", "lm.nemo"):
+        assert Path(again.out_dir, name).read_bytes() == Path(char_lm.out_dir, name).read_bytes(), name
+    assert Path(char_lm.arpa).read_text().count("\n\\8-grams:\n") == 1
+    with pytest.raises(RejectThresholdExceeded, match="rejected 2 of .* not_in_labels: 2"):
+        core.train_lm(
+            sources, "", str(tmp_path / "strict"), labels_from=char_lm.labels_from, max_reject_fraction=0
+        )
+
+
+def test_cli_takes_a_tokenizer_or_labels(
+    data: Path, char_lm: LmCard, tmp_path: Path, asrflow: Runner
+) -> None:
+    source = str(data / "train.json")
+    out = ["--out", str(tmp_path / "o")]
+    result = asrflow(source, "--labels-from", char_lm.labels_from, "--order", "3", *out)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    summary = f"in the {len(LABELS)} labels of {char_lm.labels_from}"
+    assert re.search(
+        rf"3-gram \(interpolated modified Kneser-Ney\) over .* {re.escape(summary)}\n", result.output
+    )
+    assert LmCard.from_dict(json.loads(lines[-1])).labels == LABELS
+    neither = error_line(asrflow(source, *out))
+    assert (
+        neither.startswith("Error: train-lm: give the ASR model's units: --tokenizer")
+        and "--labels-from" in neither
+    )
+    both = asrflow(source, "--tokenizer", str(data / "tokenizer"), "--labels-from", char_lm.labels_from, *out)
+    assert error_line(both) == neither
+
+
+def test_the_pipelines_lm_step_keys_a_character_lm_by_its_labels(data: Path, tmp_path: Path) -> None:
+    root = str(tmp_path / "root")
+    sources = [str(data / "train.json")]
+    labels = str(labels_yaml(tmp_path / "labels.yaml", LABELS))
+    nemo, card = core.lm_for_pipeline(sources, "", root, order=3, labels_from=labels)
+    key = core.lm_key(sources, f"labels:{units_digest(LABELS)}", 3, settings.DEFAULT_HELDOUT_EVERY)
+    assert nemo == f"{root}/lms/{key}/lm.nemo" and card["labels"] == LABELS
+    moved = str(labels_yaml(tmp_path / "same-labels-elsewhere.yaml", LABELS))
+    assert core.lm_for_pipeline(sources, "", root, order=3, labels_from=moved) == (nemo, card)
+    other, _ = core.lm_for_pipeline(
+        sources, "", root, order=3, labels_from=str(labels_yaml(tmp_path / "o.yaml", [*LABELS, "0"]))
+    )
+    assert Path(other).parent != Path(nemo).parent
