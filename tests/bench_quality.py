@@ -29,6 +29,7 @@ log = logging.getLogger("asrflow.bench_quality")
 
 DEFAULT_CONFIG = "small"
 SEED = 0
+SUBWORD_VOCAB_SIZE = 128  # what the small sub-word configs' headers train
 
 
 def make_data(
@@ -75,6 +76,15 @@ def make_data(
     validation = Path(export_manifest(str(corpus / "validation"), str(workdir / "validation")))
     test = Path(export_manifest(str(corpus / "test"), str(workdir / "test")))
     return tarred, validation, test
+
+
+def subword_tokenizer(tarred: Path, workdir: Path, config: str) -> str:
+    """For a sub-word config, the tokenizer of the training text (the DAG's train-tokenizer
+    step, cached under WORKDIR/tokenizers); "" for a character config."""
+    from components.train.tokenizer import tokenizer_for_config
+
+    tokenizer, _ = tokenizer_for_config(str(tarred), str(workdir), config, vocab_size=SUBWORD_VOCAB_SIZE)
+    return tokenizer
 
 
 def score(model_path: Path, test: Path, out: Path) -> dict[str, Any]:
@@ -164,10 +174,22 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         tarred, validation, test = make_data(workdir, args.hours, train_ds)
-        fresh_model = untrained_model(workdir / "untrained.nemo", args.config, args.overrides)
+        tokenizer = subword_tokenizer(tarred, workdir, args.config)
+        with_tokenizer = [f"model.tokenizer.dir={tokenizer}"] if tokenizer else []
+        fresh_model = untrained_model(
+            workdir / "untrained.nemo", args.config, args.overrides + with_tokenizer
+        )
         before = score(fresh_model, test, workdir / "eval-before")
         started = time.monotonic()
-        card = train(tarred, validation, workdir / "run", args.config, args.steps, args.overrides)
+        card = train(
+            tarred,
+            validation,
+            workdir / "run",
+            args.config,
+            args.steps,
+            args.overrides,
+            tokenizer_dir=tokenizer or None,
+        )
         wall = time.monotonic() - started
         after = score(Path(card["model"]), test, workdir / "eval-after")
         corpus_hours = card.get("dataset_hours") or args.hours
