@@ -87,3 +87,36 @@ def test_cli_compile_mixture(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["compile", "--out", str(out), "--mixture"])
     assert result.exit_code == 0, result.output
     assert "extra_train_sets" in Compiled(out).spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_the_collected_items_resolve_to_each_weigh_source_as_kfp_s_driver_walks_them(mixed: Compiled) -> None:
+    """check-mixture's ``mix`` is dsl.Collected over a sub-pipeline inside a ParallelFor. KFP
+    2.17.0's driver resolves it by following each DAG's output spec (stored as the DAG
+    execution's ``parameter_producer_task``: backend/src/v2/metadata/client.go:628,715) from
+    the loop's DAG through every iteration's nested DAG down to a container
+    (backend/src/v2/driver/resolve.go:645-660 collects when the producer is a ParallelFor;
+    CollectInputs 869-990: GetProducerTask follows ``valueFromParameter`` 1093-1110, a DAG
+    inside an iteration is "base case 2", a container "base case 1"). Walk it the same way."""
+    components = mixed.spec["components"]
+    source = mixed.tasks["check-mixture"]["inputs"]["parameters"]["mix"]["taskOutputParameter"]
+    producer, key = source["producerTask"], source["outputParameterKey"]
+    loop = mixed.spec["root"]["dag"]["tasks"][producer]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--extra_train_sets"
+    assert components[loop["componentRef"]["name"]]["dag"]["tasks"].keys() == {"prepare-training-source"}
+    component = components[loop["componentRef"]["name"]]
+    walked = [producer]
+    while "dag" in component:
+        spec = component["dag"]["outputs"]["parameters"][key]["valueFromParameter"]
+        task = component["dag"]["tasks"][spec["producerSubtask"]]
+        walked.append(spec["producerSubtask"])
+        key, component = spec["outputParameterKey"], components[task["componentRef"]["name"]]
+    assert walked == [producer, "prepare-training-source", "weigh-source"]
+    assert component["outputDefinitions"]["parameters"][key]["parameterType"] == "STRING"
+    # each item's fields reach the sub-pipeline by CEL selection on the loop item (resolve.go:145-160)
+    item_inputs = components[loop["componentRef"]["name"]]["dag"]["tasks"]["prepare-training-source"][
+        "inputs"
+    ]
+    for field in ("source", "config", "split", "revision", "weight"):
+        given = item_inputs["parameters"][field]
+        assert given["componentInputParameter"] == loop["parameterIterator"]["itemInput"], field
+        assert given["parameterExpressionSelector"] == f'parseJson(string_value)["{field}"]', field
