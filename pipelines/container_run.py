@@ -151,10 +151,22 @@ def writable_by_task_user(*paths: Path) -> None:
     """Create the directories and give them to the images' uid, so that the tasks can write."""
     for path in paths:
         path.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(path, TASK_UID, TASK_UID)
-        else:
-            path.chmod(0o777)
+        _give_to_task_user(path)
+
+
+def hand_over_to_task_user(root: Path) -> None:
+    """Give what this process wrote under ``root`` (e.g. the seeded champion record) to the
+    images' uid: the tasks replace such files, and a task writes as that uid only."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink() and path.stat().st_uid != TASK_UID:
+            _give_to_task_user(path)
+
+
+def _give_to_task_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, TASK_UID, TASK_UID)
+    else:
+        path.chmod(0o777 if path.is_dir() else 0o666)
 
 
 def run_args() -> dict[str, Any]:

@@ -129,6 +129,7 @@ def kfp_runner(runner: str, output_dir: Path, arguments: dict[str, Any]) -> Iter
 
     data_root = Path(arguments["data_root"])
     container_run.writable_by_task_user(output_dir, data_root, output_dir / "kfp")
+    container_run.hand_over_to_task_user(data_root)
     with container_run.container_runner(
         str(data_root), local_sources(arguments), [images.DATA_IMAGE, images.TRAIN_IMAGE]
     ) as docker_runner:

@@ -207,7 +207,8 @@ def test_each_component_imports_what_it_needs_in_its_image(import_failures, imag
     expected = {
         images.DATA_IMAGE: {
             "resolve_revision", "download", "prepare_eval_set", "plan_shard_groups", "write_shard_group",
-            "merge_shards", "write_shards", "estimate_buckets", "launch_trainjob",
+            "merge_shards", "write_shards", "estimate_buckets", "launch_trainjob", "weigh_source",
+            "check_mixture",
         },
         images.TRAIN_IMAGE: {"train", "evaluate", "train_tokenizer", "train_lm"},
     }  # fmt: skip

@@ -57,6 +57,20 @@ def test_directories_go_to_the_task_user(tmp_path: Path) -> None:
         assert stat.S_IMODE(info.st_mode) == 0o777
 
 
+def test_what_this_process_wrote_under_the_data_root_goes_to_the_task_user(tmp_path: Path) -> None:
+    """The seeded champion record: the evaluate task (the images' uid) replaces it on promotion."""
+    record = tmp_path / "data" / "models" / "demo" / "champion.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    container_run.hand_over_to_task_user(tmp_path / "data")
+    for path in (tmp_path / "data", record.parent.parent, record.parent, record):
+        info = path.stat()
+        if os.geteuid() == 0:
+            assert info.st_uid == container_run.TASK_UID, path
+        else:
+            assert stat.S_IMODE(info.st_mode) == (0o777 if path.is_dir() else 0o666), path
+
+
 class FakeContainer:
     def __init__(self, status: int) -> None:
         self.status, self.removed = status, False
