@@ -148,7 +148,7 @@ def read_model_info(local_path: str, shown_as: str | None = None) -> ModelInfo:
     import sentencepiece
     from omegaconf import OmegaConf
 
-    from components.evaluate.model import NEMO_CONFIG_NAME
+    from components.layout import NEMO_CONFIG_NAME
 
     name = shown_as or local_path
     with tarfile.open(local_path, "r:*") as tar:

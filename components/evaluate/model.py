@@ -25,10 +25,10 @@ from components.evaluate.decoding import (
 )
 from components.evaluate.errors import EvaluateError
 from components.evaluate.sets import Utterance
+from components.layout import NEMO_CONFIG_NAME
 
 log = logging.getLogger("asrflow.evaluate")
 
-NEMO_CONFIG_NAME = "model_config.yaml"  # what every .nemo archive holds, beside its weights
 WHAT_A_NEMO_IS = (
     "a NeMo model is a tar archive holding model_config.yaml and the weights, "
     "like the RUN_DIR/model.nemo that `asrflow train` writes"

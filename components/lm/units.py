@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from components import storage
+from components.layout import NEMO_CONFIG_NAME
 from components.lm import text
 from components.lm.card import units_digest
 from components.lm.errors import LmError
@@ -28,8 +29,6 @@ from components.lm.kneser_ney import Sentences
 from components.lm.settings import LABELS, TOKENIZER
 from components.progress import Progress
 
-NEMO_CONFIG_NAME = "model_config.yaml"
-"""The model's config inside a ``.nemo`` archive."""
 LABEL_SOURCES = (".nemo", ".yaml", ".yml")
 """What ``--labels-from`` reads: a character model, or its config."""
 
