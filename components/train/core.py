@@ -99,6 +99,7 @@ class Start:
 def _train(settings: TrainSettings) -> dict[str, Any]:
     from components.train.callbacks import DataSeed, FreezeEncoder, SourceTally
     from components.train.data import DataError
+    from components.train.rnnt_loss import use_fast_cpu_rnnt_loss
 
     run_dir = settings.run_dir
     if storage.is_complete(run_dir):
@@ -135,6 +136,7 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
         checkpoint_every,
     )
     model = _model(settings, cfg, trainer, pretrained, resumed=start.resume is not None)
+    use_fast_cpu_rnnt_loss(model, hardware.accelerator)
 
     started = time.monotonic()
     health.install()
