@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tarfile
-from pathlib import Path
 from typing import Any
 
 from components.evaluate.errors import EvaluateError
@@ -148,23 +147,21 @@ def read_model_info(local_path: str, shown_as: str | None = None) -> ModelInfo:
     import sentencepiece
     from omegaconf import OmegaConf
 
-    from components.layout import NEMO_CONFIG_NAME
+    from components import nemo_archive
 
     name = shown_as or local_path
     with tarfile.open(local_path, "r:*") as tar:
-        members = {Path(member.name).name: member for member in tar.getmembers() if member.isfile()}
-        config = tar.extractfile(members[NEMO_CONFIG_NAME])
-        assert config is not None
-        cfg = OmegaConf.create(config.read().decode("utf-8"))
+        config = nemo_archive.read_config(tar)
+        if config is None:
+            raise EvaluateError(f"{name} is not a .nemo archive (no model config in it)")
+        cfg = OmegaConf.create(config.decode("utf-8"))
         pieces = None
         tokenizer_model = str(OmegaConf.select(cfg, "tokenizer.model_path", default="") or "")
         if tokenizer_model:
-            member = members.get(Path(tokenizer_model.removeprefix("nemo:")).name)
-            if member is None:
+            proto = nemo_archive.read_file(tar, tokenizer_model.removeprefix("nemo:"))
+            if proto is None:
                 raise EvaluateError(f"{name}: its tokenizer {tokenizer_model} is not in the archive")
-            data = tar.extractfile(member)
-            assert data is not None
-            processor = sentencepiece.SentencePieceProcessor(model_proto=data.read())
+            processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
             pieces = tuple(processor.id_to_piece(i) for i in range(processor.get_piece_size()))
     labels = None
     if pieces is None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from components import storage
+from components import nemo_archive, storage
 from components.evaluate.decoding import (
     Decoding,
     ModelInfo,
@@ -59,7 +59,7 @@ def check_nemo_archive(local_path: str, shown_as: str | None = None) -> None:
     name = shown_as or local_path
     try:
         with tarfile.open(local_path, "r:*") as tar:
-            if any(Path(member.name).name == NEMO_CONFIG_NAME for member in tar):
+            if NEMO_CONFIG_NAME in nemo_archive.files_by_name(tar):
                 return
     except (tarfile.TarError, EOFError) as err:
         raise EvaluateError(f"{name} is not a .nemo archive (not a tar file); {WHAT_A_NEMO_IS}") from err

@@ -15,12 +15,11 @@ import dataclasses
 import io
 import tarfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components import storage
+from components import nemo_archive, storage
 from components.layout import NEMO_CONFIG_NAME
 from components.lm import text
 from components.lm.card import units_digest
@@ -192,11 +191,9 @@ def _nemo_config(source: str) -> dict[str, Any]:
             else tarfile.open(source, "r:*")
         )
         with opened as tar:
-            for member in tar:
-                if member.isfile() and Path(member.name).name == NEMO_CONFIG_NAME:
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    return _yaml(source, data.read())
+            config = nemo_archive.read_config(tar)
     except tarfile.TarError:
-        pass
+        config = None
+    if config is not None:
+        return _yaml(source, config)
     raise LmError(f"--labels-from {source}: not a .nemo archive (no {NEMO_CONFIG_NAME} in it)")

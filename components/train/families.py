@@ -14,9 +14,9 @@ the one its validation WER (``val_wer``) and ``transcribe`` use.
 
 Checked against nemo_toolkit 3.0.0: the RNN-T loss (numba's ``warprnnt_numba``, NeMo's
 ``default``) trains on CPU (there asrflow swaps in its vectorised equal,
-:mod:`components.train.rnnt_loss`: NeMo's CPU path is a per-cell Python loop); the TDT loss refuses CPU tensors ("TDT is not yet implemented for
-non CUDA computation"), so the TDT families train on GPUs only (on CPU they build, run
-forward and decode).
+:mod:`components.train.rnnt_loss`: NeMo's CPU path is a per-cell Python loop); the TDT loss
+refuses CPU tensors ("TDT is not yet implemented for non CUDA computation"), so the TDT
+families train on GPUs only (on CPU they build, run forward and decode).
 """
 
 from __future__ import annotations

@@ -114,5 +114,5 @@ def use_fast_cpu_rnnt_loss(model: Any, accelerator: str) -> bool:
         )
         return False
     outer._loss = FastCpuRnntLoss(blank=numba_loss.blank)
-    log.info("RNN-T loss: the vectorised CPU loss (components/train/rnnt_loss.py) replaces NeMo's per-cell one")
+    log.info("RNN-T loss: the vectorised CPU loss (components/train/rnnt_loss.py), not NeMo's per-cell one")
     return True
