@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 SEPARATOR = "="
 MIX_FLAG = "--mix"
@@ -85,15 +85,24 @@ def parse_source(item: str, flag: str = MIX_FLAG) -> WeightedSource:
 
 
 def mixture_sources(
-    first: str, weight: float, mix: Sequence[str], flag: str = MIX_FLAG
+    first: str,
+    weight: float,
+    mix: Sequence[str],
+    flag: str = MIX_FLAG,
+    resolve_dir: Callable[[str], str] = str,
 ) -> list[WeightedSource]:
     """The sources of a run: ``first`` with ``weight``, then each ``DIR=WEIGHT`` of ``mix``.
+
+    ``resolve_dir`` turns each DIR of ``mix`` into the directory to read (e.g. a write-shards
+    card.json into its directory); ``first`` is taken as given.
 
     Raises:
         MixtureError: a bad item or weight, or a directory given twice.
     """
     sources = [WeightedSource(first.rstrip("/") or first, check_weight(weight, WEIGHT_FLAG))]
-    sources += [parse_source(item, flag) for item in mix]
+    for item in mix:
+        source = parse_source(item, flag)
+        sources.append(WeightedSource(resolve_dir(source.uri), source.weight))
     seen: set[str] = set()
     for source in sources:
         if source.uri in seen:

@@ -85,7 +85,7 @@ def estimate_buckets(
     """
     tarred_dir = resolve_tarred_dir(tarred_dir)
     try:
-        sources = mixture.mixture_sources(tarred_dir, weight, [_resolved(item) for item in mix])
+        sources = mixture.mixture_sources(tarred_dir, weight, mix, resolve_dir=resolve_tarred_dir)
         temperature = mixture.check_temperature(mix_temperature)
     except mixture.MixtureError as err:
         raise BucketError(f"{STEP}: {err}") from None
@@ -185,11 +185,3 @@ def estimate_buckets(
     card.write(echo=False)
     storage.mark_complete(out_dir)
     return card.to_dict()
-
-
-def _resolved(item: str) -> str:
-    """A ``DIR=WEIGHT`` item whose DIR may be a write-shards card.json: the item with its directory."""
-    source = mixture.parse_source(item) if mixture.SEPARATOR in item else None
-    if source is None:
-        return item  # parse_source names what is wrong
-    return mixture.WeightedSource(resolve_tarred_dir(source.uri), source.weight).item()
