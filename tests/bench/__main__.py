@@ -10,7 +10,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-SECTIONS = ("shards", "buckets", "train", "pipeline")
+SECTIONS = ("shards", "buckets", "train", "rnnt_loss", "pipeline")
 
 
 def main() -> None:
