@@ -95,6 +95,16 @@ def score(model_path: Path, test: Path, out: Path) -> dict[str, Any]:
     return card["sets"]["test"]
 
 
+def each_decoding(figures: dict[str, Any]) -> str:
+    """A hybrid model's figures per head (its evaluate card's decodings); "" for one head."""
+    decodings = figures.get("decodings") or {}
+    if len(decodings) < 2:
+        return ""
+    return "  by head: " + ", ".join(
+        f"{name} WER {d['wer']:.1%} CER {d['cer']:.1%}" for name, d in sorted(decodings.items())
+    )
+
+
 def untrained_model(path: Path, config: str, overrides: list[str]) -> Path:
     """The fresh model the training run starts from (same config and seed)."""
     if not path.exists():
@@ -198,10 +208,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{card['steps']} steps, {card['hours_seen']:.2f} audio hours seen ({corpus_hours:.2f} h data), "
             f"train {format_seconds(wall)} wall, {card['throughput_audio_s_per_s']:.1f} audio-s/s"
         )
-        print(f"  60 held-out sentences  before: WER {before['wer']:.1%}  CER {before['cer']:.1%}")
+        print(
+            f"  60 held-out sentences  before: WER {before['wer']:.1%}  CER {before['cer']:.1%}"
+            f"{each_decoding(before)}"
+        )
         print(
             f"                         after:  WER {after['wer']:.1%}  CER {after['cer']:.1%}  "
             f"(val_wer during training {card['val_wer']:.1%}; targets: WER <= 25%, CER <= 8%)"
+            f"{each_decoding(after)}"
         )
 
 
