@@ -46,7 +46,7 @@ def rnnt_loss(
     """
     batch, frames, positions, _ = log_probs.shape
     tokens = labels[:, : positions - 1].clamp(min=0, max=log_probs.shape[-1] - 1)
-    # The recursion sums hundreds of log-probabilities: float64 keeps the prefix trick exact.
+    # The recursion sums hundreds of log-probabilities: float64 keeps the prefix trick precise.
     blank_lp = log_probs[..., blank].double()
     emit_lp = log_probs[:, :, :-1, :].gather(3, tokens[:, None, :, None].expand(-1, frames, -1, 1))
     emit_lp = emit_lp.squeeze(3).double()
@@ -85,10 +85,9 @@ class FastCpuRnntLoss(torch.nn.Module):
             acts = acts.float()
         log_probs = torch.nn.functional.log_softmax(acts, dim=-1)
         losses = rnnt_loss(log_probs, labels, act_lens, label_lens, self.blank)
-        if self.reduction == "mean":
-            return (losses / label_lens.clamp(min=1)).mean()
-        if self.reduction == "sum":
-            return losses.sum()
+        if self.reduction in ("sum", "mean"):  # as _RNNTNumba: the mean is over the batch
+            total = losses.sum()
+            return total / len(losses) if self.reduction == "mean" else total
         return losses
 
 

@@ -47,6 +47,17 @@ def test_values_and_gradients_are_nemos_numba_losss(seed: int, shape: tuple[int,
     assert our_grad[beyond].abs().max() == 0
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_reductions_are_nemos_numba_losss(reduction: str):
+    from nemo.collections.asr.parts.numba.rnnt_loss.rnnt_pytorch import RNNTLossNumba
+
+    inputs = random_batch(3, 3, 20, 6, 11)
+    expected = RNNTLossNumba(blank=10, reduction=reduction)(*inputs)
+    ours = FastCpuRnntLoss(blank=10)
+    ours.reduction = reduction
+    assert torch.allclose(ours(*inputs), expected, rtol=1e-5), (ours(*inputs), expected)
+
+
 def shrunk_rnnt_model(tokenizer: Path, *overrides: str):
     return build_model(loaded("small_rnnt_bpe", tokenizer, [*SHRINK_TRANSDUCER, *overrides]))
 
