@@ -255,7 +255,7 @@ def build_pipeline(
             num_buckets: Lhotse duration buckets estimated for training.
             model_config: a config under components/train/conf (conformer_ctc_char,
                 conformer_ctc_bpe, fastconformer_ctc_bpe, fastconformer_rnnt_bpe,
-                fastconformer_hybrid_tdt_ctc_bpe, small, small_rnnt_bpe,
+                fastconformer_hybrid_tdt_ctc_bpe, small, small_ctc_bpe, small_rnnt_bpe,
                 small_hybrid_rnnt_ctc_bpe, tiny, the finetune_* recipes) or a YAML path.
             tokenizer_vocab_size: SentencePiece vocabulary of the tokenizer trained on the
                 training text for a sub-word (BPE) model_config (a character one needs none).

@@ -7,7 +7,10 @@ the 60 held-out test sentences before training (the fresh model) and after. Not 
 takes about 1 h 50 min on two CPU cores (21.5% WER / 5.8% CER on 2026-11-22). Figures, never asserts.
 
     python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [--config small|FILE.yaml]
-                                  [KEY=VALUE ...]
+                                  [--ctc-steps N] [KEY=VALUE ...]
+
+With ``--ctc-steps N`` the first N of the steps train small_ctc_bpe, whose encoder then starts
+the config's model for the rest (``asrflow.init_encoder_from``): how small_rnnt_bpe learns.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ log = logging.getLogger("asrflow.bench_quality")
 DEFAULT_CONFIG = "small"
 SEED = 0
 SUBWORD_VOCAB_SIZE = 128  # what the small sub-word configs' headers train
+CTC_ENCODER_CONFIG = "small_ctc_bpe"  # --ctc-steps: the encoder's first stage
 
 
 def make_data(
@@ -173,8 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG, help="a shipped config name or a YAML file (default: small)"
     )
+    parser.add_argument(
+        "--ctc-steps",
+        type=int,
+        default=0,
+        help=f"train {CTC_ENCODER_CONFIG} for the first N of --steps and start the config's encoder "
+        "from it (a transducer's recipe: small_rnnt_bpe.yaml); default 0, the config alone",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the config")
     args = parser.parse_args(argv)
+    if not 0 <= args.ctc_steps < args.steps:
+        parser.error(f"--ctc-steps must be at least 0 and less than --steps ({args.steps})")
     setup_logging()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the cleanups
     from components.train.config import load_config
@@ -191,13 +204,25 @@ def main(argv: list[str] | None = None) -> None:
         )
         before = score(fresh_model, test, workdir / "eval-before")
         started = time.monotonic()
+        overrides, ctc_stage = list(args.overrides), ""
+        if args.ctc_steps:
+            ctc_card = train(
+                tarred, validation, workdir / "ctc-run", CTC_ENCODER_CONFIG, args.ctc_steps, [],
+                tokenizer_dir=tokenizer or None,
+            )
+            ctc_after = score(Path(ctc_card["model"]), test, workdir / "eval-ctc")
+            overrides.append(f"asrflow.init_encoder_from={ctc_card['model']}")
+            ctc_stage = (
+                f"  first {args.ctc_steps} steps: {CTC_ENCODER_CONFIG}, WER {ctc_after['wer']:.1%} "
+                f"CER {ctc_after['cer']:.1%} after them; its encoder starts the {args.config} model"
+            )
         card = train(
             tarred,
             validation,
             workdir / "run",
             args.config,
-            args.steps,
-            args.overrides,
+            args.steps - args.ctc_steps,
+            overrides,
             tokenizer_dir=tokenizer or None,
         )
         wall = time.monotonic() - started
@@ -208,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{card['steps']} steps, {card['hours_seen']:.2f} audio hours seen ({corpus_hours:.2f} h data), "
             f"train {format_seconds(wall)} wall, {card['throughput_audio_s_per_s']:.1f} audio-s/s"
         )
+        if ctc_stage:
+            print(ctc_stage)
         print(
             f"  60 held-out sentences  before: WER {before['wer']:.1%}  CER {before['cer']:.1%}"
             f"{each_decoding(before)}"

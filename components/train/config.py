@@ -1,8 +1,8 @@
 """Training configs: the shipped ones in ``conf/``, composed from a base plus a delta.
 
 A config names the config it builds on with ``_base_: NAME`` (a path under ``conf/``
-without ``.yaml``, e.g. ``base/conformer_ctc`` or ``conformer_ctc_char``) and holds only what
-differs; OmegaConf merges it over its base, recursively. A section marked ``_replace_: true``
+without ``.yaml``, e.g. ``base/conformer_ctc`` or ``conformer_ctc_char``), or a list of them
+merged in order (a model family's config and a size's), and holds only what differs; OmegaConf merges it over its base, recursively. A section marked ``_replace_: true``
 replaces the base's section instead of merging into it (a different LR schedule, whose
 keys are not the base's). The keys are mmengine's (``_base_``, ``_delete_``) and
 detectron2's (``_BASE_``) convention, spelt for what they do. Hydra's defaults lists would
@@ -74,22 +74,36 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 
 def composed(cfg: DictConfig, where: str, seen: tuple[str, ...] = ()) -> DictConfig:
-    """``cfg`` merged over the chain of configs its ``_base_`` names (``cfg`` itself when none)."""
+    """``cfg`` merged over the configs its ``_base_`` names (``cfg`` itself when none).
+
+    ``_base_`` is one name or a list of them: each base is composed on its own, then the list
+    is merged in order (a later base's keys win), then ``cfg`` over it.
+    """
     from omegaconf import OmegaConf
 
-    base_name = cfg.pop(BASE_KEY, None)
+    base_names = cfg.pop(BASE_KEY, None)
     replaced = replaced_sections(cfg)
-    if base_name is None:
+    if base_names is None:
         return cfg
+    if isinstance(base_names, str):
+        base_names = [base_names]
+    bases = [_composed_base(str(name), where, seen) for name in base_names]
+    base = OmegaConf.merge(*bases) if len(bases) > 1 else bases[0]
+    for key in replaced:
+        OmegaConf.update(base, key, None, merge=False)
+    return OmegaConf.merge(base, cfg)
+
+
+def _composed_base(base_name: str, where: str, seen: tuple[str, ...]) -> DictConfig:
+    """The shipped config ``base_name``, itself composed over its bases."""
+    from omegaconf import OmegaConf
+
     path = CONF_DIR / f"{base_name}.yaml"
     if not path.is_file():
         raise TrainError(f"{where}: {BASE_KEY} {base_name!r} is not a config under {CONF_DIR}")
     if base_name in seen:
         raise TrainError(f"{where}: {BASE_KEY} chain loops: {' -> '.join((*seen, base_name))}")
-    base = composed(OmegaConf.load(path), str(path), (*seen, base_name))
-    for key in replaced:
-        OmegaConf.update(base, key, None, merge=False)
-    return OmegaConf.merge(base, cfg)
+    return composed(OmegaConf.load(path), str(path), (*seen, base_name))
 
 
 def replaced_sections(cfg: Any, prefix: str = "") -> list[str]:

@@ -135,7 +135,7 @@ def _train(settings: TrainSettings) -> dict[str, Any]:
         max_steps,
         checkpoint_every,
     )
-    model = _model(settings, cfg, trainer, pretrained, resumed=start.resume is not None)
+    model = _model(settings, cfg, trainer, pretrained, work, resumed=start.resume is not None)
     use_fast_cpu_rnnt_loss(model, hardware.accelerator)
 
     started = time.monotonic()
@@ -214,6 +214,8 @@ def _pretrained(settings: TrainSettings, cfg: DictConfig, work: Path) -> Pretrai
     """
     if not settings.init_from:
         return None
+    if cfg.asrflow.get("init_encoder_from"):
+        raise TrainError("--init-from and asrflow.init_encoder_from both start the model: give one")
     nemo_path = finetune.resolve_pretrained(settings.init_from, work)
     labels = finetune.fine_tuning_config(cfg, finetune.pretrained_config(nemo_path, settings.init_from))
     tokenizer_dir = (
@@ -342,11 +344,20 @@ def _tensorboard(run_dir: str, work: Path) -> Any:
 
 
 def _model(
-    settings: TrainSettings, cfg: DictConfig, trainer: Any, pretrained: Pretrained | None, resumed: bool
+    settings: TrainSettings,
+    cfg: DictConfig,
+    trainer: Any,
+    pretrained: Pretrained | None,
+    work: Path,
+    resumed: bool,
 ) -> Any:
-    """The model to fit: fresh, or the ``--init-from`` model (:mod:`.finetune`); encoder frozen if asked."""
+    """The model to fit: fresh (its encoder from ``asrflow.init_encoder_from`` if set), or the
+    ``--init-from`` model (:mod:`.finetune`); encoder frozen if asked."""
     if pretrained is None:
         model = build_model(cfg, trainer)
+        encoder_from = cfg.asrflow.get("init_encoder_from")
+        if encoder_from and not resumed:  # on resume the checkpoint brings every weight
+            finetune.init_encoder(model, str(encoder_from), work)
     else:
         model = finetune.load_pretrained(
             cfg, pretrained.nemo_path, trainer, pretrained.tokenizer_dir, pretrained.labels

@@ -26,6 +26,10 @@ in eval mode (batch-norm statistics and dropout fixed) while the rest trains.
 
 On resume the same model is made again (the architecture and vocabulary of the
 checkpoint); the checkpoint then brings the weights.
+
+A fresh model may also start only its encoder from another model (:func:`init_encoder`,
+``asrflow.init_encoder_from``): NeMo's advice for a transducer on little data is an encoder
+trained with CTC first, which aligns speech to tokens far sooner than the RNN-T loss alone.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components import storage
+from components import nemo_archive, storage
 from components.train import staging
 from components.train.config import is_bpe
 from components.train.errors import TrainError
@@ -44,6 +48,10 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 log = logging.getLogger("asrflow.train")
+
+NEMO_WEIGHTS_NAME = "model_weights.ckpt"
+"""The weights' file in a ``.nemo`` archive (NeMo's SaveRestoreConnector)."""
+ENCODER_PREFIX = "encoder."
 
 RUN_SECTIONS = ("train_ds", "validation_ds", "optim")
 """The sections of ``model`` a fine-tuning run takes from its own config."""
@@ -89,6 +97,46 @@ def resolve_pretrained(init_from: str, work: Path) -> str:
         raise TrainError(f"--init-from {init_from}: the hub repository has no {Path(init_from).name}.nemo")
     log.info("pretrained %s: %s", init_from, path)
     return str(path)
+
+
+def init_encoder(model: Any, nemo_uri: str, work: Path) -> None:
+    """Load the encoder weights of the ``.nemo`` at ``nemo_uri`` (local or gs://) into ``model``.
+
+    Only the encoder is taken: the source may be of another family (a CTC model for a
+    transducer) and have another vocabulary.
+
+    Raises:
+        TrainError: not a ``.nemo`` archive, or an encoder whose tensors differ in name or shape
+            from this config's (the first difference named).
+    """
+    import io
+    import tarfile
+
+    import torch
+
+    where = f"asrflow.init_encoder_from {nemo_uri}"
+    local = staging.fetch(nemo_uri, work / "init")
+    try:
+        with tarfile.open(local) as tar:
+            data = nemo_archive.read_file(tar, NEMO_WEIGHTS_NAME)
+    except tarfile.TarError as err:
+        raise TrainError(f"{where}: not a .nemo archive: {err}") from None
+    if data is None:
+        raise TrainError(f"{where}: not a .nemo model (no {NEMO_WEIGHTS_NAME} inside)")
+    weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    source = {k.removeprefix(ENCODER_PREFIX): v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}
+    target = model.encoder.state_dict()
+    for name in sorted(set(target) | set(source)):
+        if name not in source or name not in target:
+            side = "this config's encoder" if name not in source else "the source's encoder"
+            raise TrainError(f"{where}: the encoders differ: {ENCODER_PREFIX}{name} is only in {side}")
+        if source[name].shape != target[name].shape:
+            raise TrainError(
+                f"{where}: the encoders differ: {ENCODER_PREFIX}{name} is {tuple(source[name].shape)} "
+                f"there, {tuple(target[name].shape)} here"
+            )
+    model.encoder.load_state_dict(source)
+    log.info("encoder initialised from %s (%d tensors)", nemo_uri, len(source))
 
 
 def _hub_cache() -> str:

@@ -39,7 +39,7 @@ SHRINK_BPE = [
     "trainer.max_steps=3",
 ]
 SHRINK_RNNT = [*SHRINK_BPE, "model.model_defaults.pred_hidden=32", "model.model_defaults.joint_hidden=32"]
-SUB_WORD_CONFIGS = {"conformer_ctc_bpe": SHRINK_BPE, "small_rnnt_bpe": SHRINK_RNNT}
+SUB_WORD_CONFIGS = {"conformer_ctc_bpe": SHRINK_BPE, "small_ctc_bpe": SHRINK_BPE, "small_rnnt_bpe": SHRINK_RNNT}
 
 
 def weights(model) -> dict:
@@ -111,6 +111,11 @@ def offline_env(hf_home: Path) -> dict[str, str]:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("HF_HUB_CACHE", None)
     return env
+
+
+def data_and_config(shards: Path, val_manifest: Path, config_name: str) -> list[str]:
+    """The first arguments of ``asrflow train``: the data and the config."""
+    return [str(shards), "--val", str(val_manifest), "--config", config_name]
 
 
 def run_train(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -312,11 +317,7 @@ def test_fine_tuning_a_transducer_with_a_new_tokenizer_and_a_frozen_encoder(
     pretrained = bpe_nemo_model("small_rnnt_bpe")
     run_dir = tmp_path / "run"
     args = [
-        str(bundled_shards),
-        "--val",
-        str(bundled_eval_manifest),
-        "--config",
-        "small_rnnt_bpe",
+        *data_and_config(bundled_shards, bundled_eval_manifest, "small_rnnt_bpe"),
         "--run-dir",
         str(run_dir),
         "--init-from",
@@ -367,3 +368,72 @@ def test_fine_tuning_a_transducer_with_a_new_tokenizer_and_a_frozen_encoder(
         "vocabulary": f"new tokenizer {tokenizers[64]} (64 tokens; decoder trained anew)",
         "frozen": "the encoder",
     }
+
+
+# --- a fresh model's encoder from another model (asrflow.init_encoder_from) ---------------------
+
+
+def test_a_transducer_starts_its_encoder_from_a_ctc_model(bpe_nemo_model, tokenizers: dict[int, Path], tmp_path: Path):
+    """small_rnnt_bpe's encoder from a small_ctc_bpe .nemo: every encoder tensor taken, the
+    prediction network and joint left as built."""
+    import lightning.pytorch as pl
+    import torch
+
+    from components.train.model import build_model
+
+    ctc = bpe_nemo_model("small_ctc_bpe")
+    pl.seed_everything(8, verbose=False)  # another init than the CTC model's
+    cfg = config.load_config("small_rnnt_bpe", [*SHRINK_RNNT, f"model.tokenizer.dir={tokenizers[64]}"])
+    model = build_model(cfg)
+    fresh = weights(model)
+    finetune.init_encoder(model, str(ctc), tmp_path)
+
+    source, after = weights(restored(ctc)), weights(model)
+    encoder = [key for key in after if key.startswith("encoder.")]
+    assert encoder and all(torch.equal(after[key], source[key]) for key in encoder)
+    assert any(not torch.equal(fresh[key], after[key]) for key in encoder)
+    rest = [key for key in after if not key.startswith("encoder.")]
+    assert rest and all(torch.equal(fresh[key], after[key]) for key in rest)
+
+
+def test_an_encoder_of_another_shape_or_a_file_that_is_no_nemo_is_refused(
+    bpe_nemo_model, tokenizers: dict[int, Path], tmp_path: Path
+):
+    from components.train.model import build_model
+
+    cfg = config.load_config(
+        "small_rnnt_bpe", [*SHRINK_RNNT, "model.encoder.d_model=48", f"model.tokenizer.dir={tokenizers[32]}"]
+    )
+    model = build_model(cfg)
+    with pytest.raises(TrainError, match=r"init_encoder_from .*: the encoders differ: encoder\.\S+ is \(.*32.*\) there, \(.*48.*\) here"):
+        finetune.init_encoder(model, str(bpe_nemo_model("small_ctc_bpe")), tmp_path)
+    with pytest.raises(TrainError, match=r"the encoders differ: encoder\.\S+ is "):  # a Conformer's
+        finetune.init_encoder(model, str(bpe_nemo_model("conformer_ctc_bpe")), tmp_path)
+    not_nemo = tmp_path / "notes.nemo"
+    not_nemo.write_text("not a tar")
+    with pytest.raises(TrainError, match=r"notes\.nemo: not a \.nemo archive"):
+        finetune.init_encoder(model, str(not_nemo), tmp_path)
+
+
+def test_a_run_starts_its_encoder_from_a_ctc_model_and_refuses_init_from_beside_it(
+    bpe_nemo_model, tokenizers: dict[int, Path], bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path
+):
+    ctc = bpe_nemo_model("small_ctc_bpe")
+    args = [
+        *data_and_config(bundled_shards, bundled_eval_manifest, "small_rnnt_bpe"),
+        "--tokenizer",
+        str(tokenizers[32]),
+        *SHRINK_RNNT,
+        "trainer.max_steps=1",
+        "trainer.limit_train_batches=1",
+        "trainer.val_check_interval=1",
+        f"asrflow.init_encoder_from={ctc}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = run_train(env, *args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert f"encoder initialised from {ctc} (" in result.stderr
+
+    both = run_train(env, *args, "--run-dir", str(tmp_path / "both"), "--init-from", str(ctc))
+    assert both.returncode != 0
+    assert "--init-from and asrflow.init_encoder_from both start the model: give one" in both.stderr
