@@ -207,7 +207,12 @@ def main(argv: list[str] | None = None) -> None:
         overrides, ctc_stage = list(args.overrides), ""
         if args.ctc_steps:
             ctc_card = train(
-                tarred, validation, workdir / "ctc-run", CTC_ENCODER_CONFIG, args.ctc_steps, [],
+                tarred,
+                validation,
+                workdir / "ctc-run",
+                CTC_ENCODER_CONFIG,
+                args.ctc_steps,
+                [],
                 tokenizer_dir=tokenizer or None,
             )
             ctc_after = score(Path(ctc_card["model"]), test, workdir / "eval-ctc")

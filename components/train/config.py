@@ -2,9 +2,10 @@
 
 A config names the config it builds on with ``_base_: NAME`` (a path under ``conf/``
 without ``.yaml``, e.g. ``base/conformer_ctc`` or ``conformer_ctc_char``), or a list of them
-merged in order (a model family's config and a size's), and holds only what differs; OmegaConf merges it over its base, recursively. A section marked ``_replace_: true``
-replaces the base's section instead of merging into it (a different LR schedule, whose
-keys are not the base's). The keys are mmengine's (``_base_``, ``_delete_``) and
+merged in order (a model family's config and a size's), and holds only what differs;
+OmegaConf merges it over its base, recursively. A section marked ``_replace_: true`` replaces
+the base's section instead of merging into it (a different LR schedule, whose keys are not
+the base's). The keys are mmengine's (``_base_``, ``_delete_``) and
 detectron2's (``_BASE_``) convention, spelt for what they do. Hydra's defaults lists would
 need a config directory and global state for every load, could not read a user's YAML on
 gs://, and replace a section only through a config group per alternative: not worth it for

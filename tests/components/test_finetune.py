@@ -39,7 +39,11 @@ SHRINK_BPE = [
     "trainer.max_steps=3",
 ]
 SHRINK_RNNT = [*SHRINK_BPE, "model.model_defaults.pred_hidden=32", "model.model_defaults.joint_hidden=32"]
-SUB_WORD_CONFIGS = {"conformer_ctc_bpe": SHRINK_BPE, "small_ctc_bpe": SHRINK_BPE, "small_rnnt_bpe": SHRINK_RNNT}
+SUB_WORD_CONFIGS = {
+    "conformer_ctc_bpe": SHRINK_BPE,
+    "small_ctc_bpe": SHRINK_BPE,
+    "small_rnnt_bpe": SHRINK_RNNT,
+}
 
 
 def weights(model) -> dict:
@@ -373,7 +377,9 @@ def test_fine_tuning_a_transducer_with_a_new_tokenizer_and_a_frozen_encoder(
 # --- a fresh model's encoder from another model (asrflow.init_encoder_from) ---------------------
 
 
-def test_a_transducer_starts_its_encoder_from_a_ctc_model(bpe_nemo_model, tokenizers: dict[int, Path], tmp_path: Path):
+def test_a_transducer_starts_its_encoder_from_a_ctc_model(
+    bpe_nemo_model, tokenizers: dict[int, Path], tmp_path: Path
+):
     """small_rnnt_bpe's encoder from a small_ctc_bpe .nemo: every encoder tensor taken, the
     prediction network and joint left as built."""
     import lightning.pytorch as pl
@@ -405,7 +411,10 @@ def test_an_encoder_of_another_shape_or_a_file_that_is_no_nemo_is_refused(
         "small_rnnt_bpe", [*SHRINK_RNNT, "model.encoder.d_model=48", f"model.tokenizer.dir={tokenizers[32]}"]
     )
     model = build_model(cfg)
-    with pytest.raises(TrainError, match=r"init_encoder_from .*: the encoders differ: encoder\.\S+ is \(.*32.*\) there, \(.*48.*\) here"):
+    with pytest.raises(
+        TrainError,
+        match=r"init_encoder_from .*: the encoders differ: encoder\.\S+ is \(.*32.*\) there, \(.*48.*\) here",
+    ):
         finetune.init_encoder(model, str(bpe_nemo_model("small_ctc_bpe")), tmp_path)
     with pytest.raises(TrainError, match=r"the encoders differ: encoder\.\S+ is "):  # a Conformer's
         finetune.init_encoder(model, str(bpe_nemo_model("conformer_ctc_bpe")), tmp_path)
@@ -416,7 +425,11 @@ def test_an_encoder_of_another_shape_or_a_file_that_is_no_nemo_is_refused(
 
 
 def test_a_run_starts_its_encoder_from_a_ctc_model_and_refuses_init_from_beside_it(
-    bpe_nemo_model, tokenizers: dict[int, Path], bundled_shards: Path, bundled_eval_manifest: Path, tmp_path: Path
+    bpe_nemo_model,
+    tokenizers: dict[int, Path],
+    bundled_shards: Path,
+    bundled_eval_manifest: Path,
+    tmp_path: Path,
 ):
     ctc = bpe_nemo_model("small_ctc_bpe")
     args = [
