@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from components.layout import NEMO_CONFIG_NAME
+from components.layout import NEMO_CONFIG_NAME, NEMO_WEIGHTS_NAME
 
 
 def files_by_name(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -28,3 +28,8 @@ def read_file(tar: tarfile.TarFile, name: str) -> bytes | None:
 def read_config(tar: tarfile.TarFile) -> bytes | None:
     """The bytes of the model's ``model_config.yaml``; None when it is not a .nemo archive."""
     return read_file(tar, NEMO_CONFIG_NAME)
+
+
+def read_weights(tar: tarfile.TarFile) -> bytes | None:
+    """The bytes of the model's state dict (a torch file); None when the archive has none."""
+    return read_file(tar, NEMO_WEIGHTS_NAME)

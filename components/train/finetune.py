@@ -39,7 +39,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components import nemo_archive, storage
+from components import layout, nemo_archive, storage
 from components.train import staging
 from components.train.config import is_bpe
 from components.train.errors import TrainError
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asrflow.train")
 
-NEMO_WEIGHTS_NAME = "model_weights.ckpt"
-"""The weights' file in a ``.nemo`` archive (NeMo's SaveRestoreConnector)."""
 ENCODER_PREFIX = "encoder."
 
 RUN_SECTIONS = ("train_ds", "validation_ds", "optim")
@@ -118,11 +116,11 @@ def init_encoder(model: Any, nemo_uri: str, work: Path) -> None:
     local = staging.fetch(nemo_uri, work / "init")
     try:
         with tarfile.open(local) as tar:
-            data = nemo_archive.read_file(tar, NEMO_WEIGHTS_NAME)
+            data = nemo_archive.read_weights(tar)
     except tarfile.TarError as err:
         raise TrainError(f"{where}: not a .nemo archive: {err}") from None
     if data is None:
-        raise TrainError(f"{where}: not a .nemo model (no {NEMO_WEIGHTS_NAME} inside)")
+        raise TrainError(f"{where}: not a .nemo model (no {layout.NEMO_WEIGHTS_NAME} inside)")
     weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     source = {k.removeprefix(ENCODER_PREFIX): v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}
     target = model.encoder.state_dict()
