@@ -7,10 +7,12 @@ the 60 held-out test sentences before training (the fresh model) and after. Not 
 takes about 1 h 50 min on two CPU cores (21.5% WER / 5.8% CER on 2026-11-22). Figures, never asserts.
 
     python -m tests.bench_quality [--workdir DIR] [--hours 1.0] [--steps 500] [--config small|FILE.yaml]
-                                  [--ctc-steps N] [KEY=VALUE ...]
+                                  [--ctc-steps N] [--freeze-encoder [--train-last-layers N]]
+                                  [KEY=VALUE ...]
 
 With ``--ctc-steps N`` the first N of the steps train small_ctc_bpe, whose encoder then starts
-the config's model for the rest (``asrflow.init_encoder_from``): how small_rnnt_bpe learns.
+the config's model for the rest (``asrflow.init_encoder_from``), frozen with ``--freeze-encoder``:
+how small_rnnt_bpe learns.
 """
 
 from __future__ import annotations
@@ -184,6 +186,18 @@ def main(argv: list[str] | None = None) -> None:
         help=f"train {CTC_ENCODER_CONFIG} for the first N of --steps and start the config's encoder "
         "from it (a transducer's recipe: small_rnnt_bpe.yaml); default 0, the config alone",
     )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the config's model with its encoder as it starts (asrflow train --freeze-encoder)",
+    )
+    parser.add_argument(
+        "--train-last-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --freeze-encoder: the last N encoder layers still train (asrflow train's flag)",
+    )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the config")
     args = parser.parse_args(argv)
     if not 0 <= args.ctc_steps < args.steps:
@@ -229,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
             args.steps - args.ctc_steps,
             overrides,
             tokenizer_dir=tokenizer or None,
+            freeze_encoder=args.freeze_encoder,
+            train_last_layers=args.train_last_layers,
         )
         wall = time.monotonic() - started
         after = score(Path(card["model"]), test, workdir / "eval-after")
