@@ -202,8 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.ctc_steps < args.steps:
         parser.error(f"--ctc-steps must be at least 0 and less than --steps ({args.steps})")
-    if args.train_last_layers and not args.freeze_encoder:
-        parser.error("--train-last-layers needs --freeze-encoder (the other layers train anyway)")
+    from components.train.errors import TrainError
+    from components.train.settings import check_freezing
+
+    try:  # before the CTC stage, not after it
+        check_freezing(args.freeze_encoder, args.train_last_layers)
+    except TrainError as err:
+        parser.error(str(err))
     setup_logging()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # run the cleanups
     from components.train.config import load_config

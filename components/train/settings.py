@@ -240,8 +240,7 @@ class TrainSettings(HardwareSettings, ModelSettings, RunSettings, DataSettings):
         bad = [item for item in self.overrides if "=" not in item]
         if bad:
             raise TrainError(f"overrides must be key=value, got: {' '.join(bad)}")
-        if self.train_last_layers and not self.freeze_encoder:
-            raise TrainError("--train-last-layers needs --freeze-encoder (the other layers train anyway)")
+        check_freezing(self.freeze_encoder, self.train_last_layers)
         try:
             self.sources()
             mixture.check_temperature(self.mix_temperature)
@@ -308,6 +307,12 @@ class TrainSettings(HardwareSettings, ModelSettings, RunSettings, DataSettings):
                 value, unset = params[field.name], _option(field).unset
                 values[field.name] = None if unset is not None and value == unset else value
         return cls(**values)
+
+
+def check_freezing(freeze_encoder: bool, train_last_layers: int) -> None:
+    """``--train-last-layers`` only means something under ``--freeze-encoder``."""
+    if train_last_layers and not freeze_encoder:
+        raise TrainError("--train-last-layers needs --freeze-encoder (the other layers train anyway)")
 
 
 def flag(field: dataclasses.Field) -> str:
